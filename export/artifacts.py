@@ -1,0 +1,80 @@
+"""Writing artifacts safely and carrying metadata with them.
+
+Everything is built in a staging folder and moved into place with `os.replace` only when complete, so
+an interrupted or failed run never leaves a half-written model or sidecar in `--out`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import onnx
+
+from export.errors import ToolkitError, one_line
+
+
+@contextlib.contextmanager
+def staging_dir(out_dir: Path) -> Iterator[Path]:
+    """A private temporary folder; removed on exit whether the run succeeded or not."""
+    stage = Path(tempfile.mkdtemp(prefix=".googlenet-stage-"))
+    try:
+        yield stage
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+
+
+def publish(files: dict[Path, Path]) -> None:
+    """Move staged files (staged path -> final path) into place, each with one atomic rename.
+
+    The final folder is created only now, so a failed run leaves no empty `--out` behind either.
+    """
+    for staged, final in files.items():
+        final.parent.mkdir(parents=True, exist_ok=True)
+        tmp = final.with_name(f".{final.name}.tmp")
+        shutil.copyfile(staged, tmp)  # staging may sit on another filesystem: copy, then rename
+        os.replace(tmp, final)
+
+
+def write_json(path: Path, data: dict) -> None:
+    """Stable JSON (sorted keys, fixed indentation), written atomically."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def read_json(path: Path) -> dict:
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ToolkitError(f"cannot read JSON ({one_line(exc)})", path) from None
+
+
+def sidecar_path(artifact: Path) -> Path:
+    """`googlenet.onnx` -> `googlenet.onnx.json`."""
+    return artifact.with_name(artifact.name + ".json")
+
+
+def set_onnx_metadata(model: onnx.ModelProto, values: dict[str, object]) -> None:
+    """Replace `metadata_props` entries; non-strings are stored as JSON."""
+    keep = [p for p in model.metadata_props if p.key not in values]
+    del model.metadata_props[:]
+    model.metadata_props.extend(keep)
+    for key, value in values.items():
+        text = value if isinstance(value, str) else json.dumps(value, sort_keys=True)
+        model.metadata_props.add(key=key, value=text)
+
+
+def read_onnx_metadata(path: Path) -> dict[str, str]:
+    """`metadata_props` of an ONNX file without loading its weights."""
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:
+        raise ToolkitError(f"not a readable ONNX model ({one_line(exc)})", path) from None
+    return {p.key: p.value for p in model.metadata_props}

@@ -1,0 +1,125 @@
+"""Accuracy and FP32-vs-other fidelity on real images: the numbers every report in the toolkit shares."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from export.errors import ToolkitError
+from export.images import list_images, preprocess_paths
+from export.labels import LabelSet, label_for_image
+from export.preprocess import Preprocess
+from export.runtime import Runner
+from export.ui import progress
+
+
+@dataclass
+class EvalSet:
+    """Preprocessed images with their labels (-1 where unknown), in a stable order."""
+
+    paths: list[Path]
+    inputs: np.ndarray  # [N, ...] float32 in the model's layout
+    labels: np.ndarray  # [N] int64, -1 = unlabelled
+    unreadable: list[tuple[Path, str]] = field(default_factory=list)
+    skipped_non_images: int = 0
+
+    @property
+    def labelled(self) -> bool:
+        return bool((self.labels >= 0).any())
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+
+def load_eval_set(
+    paths: Sequence[Path],
+    root: Path | None,
+    preprocess: Preprocess,
+    labels: LabelSet | None,
+    description: str = "Loading images",
+) -> EvalSet:
+    """Preprocess `paths`; unreadable images are recorded by name and left out, never fatal."""
+    errors: list[tuple[Path, str]] = []
+    kept: list[Path] = []
+    tensors: list[np.ndarray] = []
+    for path, tensor in progress(preprocess_paths(paths, preprocess, errors), description, total=len(paths)):
+        kept.append(path)
+        tensors.append(tensor)
+    truth = np.array([(label_for_image(p, root, labels) if root is not None else None) for p in kept], dtype=object)
+    truth = np.array([-1 if t is None else int(t) for t in truth], dtype=np.int64)
+    inputs = np.stack(tensors) if tensors else np.zeros((0, *preprocess.input_shape), np.float32)
+    return EvalSet(kept, inputs, truth, errors)
+
+
+def load_eval_folder(
+    folder: Path, preprocess: Preprocess, labels: LabelSet | None, exclude: set[Path] | None = None
+) -> EvalSet:
+    listing = list_images(folder)
+    chosen = [p for p in listing.images if not exclude or p not in exclude]
+    if not chosen:
+        raise ToolkitError("no images to evaluate on", folder)
+    result = load_eval_set(chosen, folder, preprocess, labels, "Loading eval images")
+    result.skipped_non_images = len(listing.skipped_non_images)
+    return result
+
+
+def predict(runner: Runner, inputs: np.ndarray, description: str, batch_size: int = 16) -> np.ndarray:
+    """Logits for all inputs, with a progress bar."""
+    starts = range(0, len(inputs), batch_size)
+    chunks = [runner(inputs[i : i + batch_size]) for i in progress(starts, description, total=len(starts))]
+    return np.concatenate(chunks).astype(np.float32) if chunks else np.zeros((0, 0), np.float32)
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = logits.astype(np.float64) - logits.max(axis=1, keepdims=True)
+    exp = np.exp(shifted)
+    return exp / exp.sum(axis=1, keepdims=True)
+
+
+def accuracy(logits: np.ndarray, labels: np.ndarray) -> dict[str, float | int] | None:
+    """Top-1/top-5 over the labelled rows (None when nothing is labelled)."""
+    mask = labels >= 0
+    if not mask.any():
+        return None
+    top5 = np.argsort(-logits[mask], axis=1, kind="stable")[:, :5]
+    truth = labels[mask][:, None]
+    return {
+        "images": int(mask.sum()),
+        "top1": float((top5[:, 0:1] == truth).mean()),
+        "top5": float((top5 == truth).any(axis=1).mean()),
+    }
+
+
+def fidelity(reference: np.ndarray, candidate: np.ndarray) -> dict[str, float]:
+    """How closely `candidate` logits follow `reference` logits, image by image."""
+    ref_top5 = np.argsort(-reference, axis=1, kind="stable")[:, :5]
+    cand_top5 = np.argsort(-candidate, axis=1, kind="stable")[:, :5]
+    overlap = [len(set(a) & set(b)) / 5.0 for a, b in zip(ref_top5, cand_top5, strict=True)]
+    p, q = softmax(reference), softmax(candidate)
+    kl = (p * (np.log(np.clip(p, 1e-12, None)) - np.log(np.clip(q, 1e-12, None)))).sum(axis=1)
+    ref64, cand64 = reference.astype(np.float64), candidate.astype(np.float64)
+    cosine = (ref64 * cand64).sum(1) / (np.linalg.norm(ref64, axis=1) * np.linalg.norm(cand64, axis=1) + 1e-12)
+    logit_range = float(reference.max() - reference.min())
+    return {
+        "top1_agreement": float((ref_top5[:, 0] == cand_top5[:, 0]).mean()),
+        "top5_overlap": float(np.mean(overlap)),
+        "kl_mean": float(kl.mean()),
+        "cosine_mean": float(cosine.mean()),
+        "max_abs_logit_diff": float(np.abs(reference - candidate).max()),
+        "max_abs_prob_diff": float(np.abs(p - q).max()),
+        "logit_range": logit_range,
+    }
+
+
+def round_floats(data: object, digits: int = 6) -> object:
+    """Round floats in nested data so reports are stable across runs and readable."""
+    if isinstance(data, float):
+        return round(data, digits)
+    if isinstance(data, dict):
+        return {k: round_floats(v, digits) for k, v in data.items()}
+    if isinstance(data, list | tuple):
+        return [round_floats(v, digits) for v in data]
+    return data

@@ -1,0 +1,93 @@
+"""The export formats and the options each accepts: one declarative table drives the CLI.
+
+Adding a format means adding a row here and a `run_<name>` function in `export.commands`; the parser,
+the help text and the option checks all come from this table.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from export import paths
+
+
+@dataclass(frozen=True)
+class Option:
+    flags: tuple[str, ...]
+    kwargs: dict[str, Any]
+
+
+OPTIONS: dict[str, Option] = {
+    "weights": Option(
+        ("--weights",),
+        {
+            "type": Path,
+            "metavar": "PATH",
+            "help": (
+                "state_dict (.pt/.pth), torchvision state_dict, or BVLC GoogLeNet .onnx "
+                "(default: $GOOGLENET_WEIGHTS, else random init)"
+            ),
+        },
+    ),
+    "num_classes": Option(
+        ("--num-classes",),
+        {"type": int, "metavar": "N", "help": "classifier size when the weights are not a 1000-class ImageNet model"},
+    ),
+    "labels": Option(
+        ("--labels",),
+        {"type": Path, "metavar": "FILE", "help": "class names, one per line (or synset_words.txt format)"},
+    ),
+    "seed": Option(
+        ("--seed",), {"type": int, "default": 0, "help": "seed for random init and calibration sampling (default 0)"}
+    ),
+    "out": Option(
+        ("--out",),
+        {"type": Path, "default": paths.DEFAULT_OUT, "metavar": "DIR", "help": "output folder (default artifacts/)"},
+    ),
+    "opset": Option(
+        ("--opset",),
+        {"type": int, "default": None, "help": "ONNX opset (default: the newest the whole pipeline supports)"},
+    ),
+    "dynamic_batch": Option(
+        ("--dynamic-batch",), {"action": "store_true", "help": "symbolic batch axis instead of batch 1"}
+    ),
+    "no_simplify": Option(("--no-simplify",), {"action": "store_true", "help": "skip onnxsim/onnxslim"}),
+    "eval": Option(
+        ("--eval",),
+        {
+            "type": Path,
+            "metavar": "DIR",
+            "help": "labelled images for the accuracy report (default: the shared ImageNet sample, if present)",
+        },
+    ),
+    "no_eval": Option(("--no-eval",), {"action": "store_true", "help": "skip the accuracy report"}),
+}
+
+
+@dataclass(frozen=True)
+class ExportFormat:
+    name: str
+    suffix: str
+    description: str
+    quantize: tuple[str, ...]  # allowed values of --quantize (empty: option absent)
+    options: tuple[str, ...]  # keys of OPTIONS
+    extra: str | None = None  # pip extra the format needs beyond the core install
+
+
+COMMON = ("weights", "num_classes", "labels", "seed", "out", "eval", "no_eval")
+
+FORMATS: tuple[ExportFormat, ...] = (
+    ExportFormat(
+        name="onnx",
+        suffix=".onnx",
+        description="validated, simplified ONNX (ONNX Runtime and most edge runtimes)",
+        quantize=(),
+        options=(*COMMON, "opset", "dynamic_batch", "no_simplify"),
+    ),
+)
+
+
+def export_formats() -> dict[str, ExportFormat]:
+    return {f.name: f for f in FORMATS}

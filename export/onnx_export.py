@@ -1,0 +1,248 @@
+"""PyTorch -> validated, simplified, self-describing ONNX (`python -m export onnx`)."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+
+from export import __version__, paths
+from export.artifacts import publish, set_onnx_metadata, sidecar_path, staging_dir, write_json
+from export.errors import ToolkitError, one_line
+from export.evaluation import EvalSet, accuracy, fidelity, load_eval_folder, load_eval_set, predict, round_floats
+from export.lrn import ONNX_TRANSLATIONS
+from export.runtime import OnnxRunner
+from export.sample_images import validation_photos
+from export.ui import step, warn
+from export.weights import LoadedModel, file_sha256
+
+# Newest opset that every stage here handles: torch's exporter, onnxsim, ONNX Runtime and its quantizer.
+DEFAULT_OPSET = 21
+SUPPORTED_OPSETS = range(17, 24)
+INPUT_NAME, OUTPUT_NAME = "input", "logits"
+VALIDATION_TOLERANCE = 1e-4  # max |ONNX - PyTorch| logit error, relative to the logit range
+
+
+@dataclass
+class OnnxExportOptions:
+    out_dir: Path = paths.DEFAULT_OUT
+    opset: int = DEFAULT_OPSET
+    dynamic_batch: bool = False
+    simplify: bool = True
+    eval_dir: Path | None = None  # None: the shared ImageNet sample when the model is an ImageNet model
+    evaluate: bool = True
+    name: str = "googlenet"
+
+
+@dataclass
+class OnnxExportResult:
+    path: Path
+    sidecar: Path
+    info: dict
+    eval_set: EvalSet | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+@contextlib.contextmanager
+def _quiet_exporter():
+    """torch.onnx prints progress lines and registry warnings meant for its developers; hide them."""
+    loggers = [logging.getLogger(n) for n in ("torch.onnx", "torch._export", "torch.export", "onnxscript")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for lg, level in zip(loggers, levels, strict=True):
+            lg.setLevel(level)
+
+
+def torch_to_onnx(model: torch.nn.Module, preprocess_crop: int, opset: int, dynamic_batch: bool) -> onnx.ModelProto:
+    """Export the eval-mode model with the dynamo exporter; LRN becomes one ONNX `LRN` node."""
+    if opset not in SUPPORTED_OPSETS:
+        raise ToolkitError(
+            f"--opset {opset} is not supported (use {SUPPORTED_OPSETS.start}-{SUPPORTED_OPSETS.stop - 1})"
+        )
+    example = (torch.zeros(1, 3, preprocess_crop, preprocess_crop),)
+    dynamic = ({0: torch.export.Dim("batch", min=1, max=4096)},) if dynamic_batch else None
+    with _quiet_exporter():
+        program = torch.onnx.export(
+            model.eval(),
+            example,
+            dynamo=True,
+            opset_version=opset,
+            input_names=[INPUT_NAME],
+            output_names=[OUTPUT_NAME],
+            dynamic_shapes=dynamic,
+            custom_translation_table=ONNX_TRANSLATIONS,
+            external_data=False,
+            optimize=True,
+            verbose=False,
+        )
+    proto = program.model_proto
+    if dynamic_batch:
+        for value in (*proto.graph.input, *proto.graph.output):
+            value.type.tensor_type.shape.dim[0].dim_param = "batch"
+    return proto
+
+
+def simplify(proto: onnx.ModelProto) -> tuple[onnx.ModelProto, str]:
+    """onnxsim first; onnxslim when onnxsim fails or cannot prove its result equivalent."""
+    try:
+        import onnxsim
+
+        simplified, ok = onnxsim.simplify(proto)
+        if ok:
+            return simplified, f"onnxsim {onnxsim.__version__}"
+        warn("onnxsim could not verify its simplification; trying onnxslim")
+    except Exception as exc:
+        warn(f"onnxsim failed ({one_line(exc)}); trying onnxslim")
+    import onnxslim
+
+    return onnxslim.slim(proto), f"onnxslim {onnxslim.__version__}"
+
+
+def _torch_logits(model: torch.nn.Module, inputs: np.ndarray) -> np.ndarray:
+    with torch.no_grad():
+        return model(torch.from_numpy(inputs)).numpy()
+
+
+def validate_against_torch(model: torch.nn.Module, onnx_path: Path, inputs: np.ndarray) -> dict:
+    """ONNX Runtime vs PyTorch on real images; raises when the error exceeds the tolerance."""
+    expected = _torch_logits(model, inputs)
+    got = OnnxRunner(onnx_path)(inputs)
+    logit_range = float(expected.max() - expected.min())
+    max_err = float(np.abs(expected - got).max())
+    limit = VALIDATION_TOLERANCE * max(logit_range, 1e-6)
+    result = {
+        "images": len(inputs),
+        "max_abs_logit_diff": max_err,
+        "logit_range": logit_range,
+        "tolerance": limit,
+        "passed": max_err <= limit,
+    }
+    if not result["passed"]:
+        raise ToolkitError(
+            f"exported ONNX disagrees with PyTorch: max logit error {max_err:.3g} > {limit:.3g} "
+            f"(1e-4 x logit range {logit_range:.3g})",
+            onnx_path,
+        )
+    return result
+
+
+def default_eval_dir(loaded: LoadedModel) -> Path | None:
+    """The shared ImageNet sample, when the model predicts ImageNet classes."""
+    return paths.imagenet_sample() if loaded.labels.wnids and loaded.num_classes == 1000 else None
+
+
+def evaluate_export(loaded: LoadedModel, onnx_path: Path, eval_dir: Path) -> tuple[dict, EvalSet]:
+    """Top-1/top-5 of the exported model; for ONNX-sourced weights also its fidelity to the source."""
+    eval_set = load_eval_folder(eval_dir, loaded.preprocess, loaded.labels)
+    logits = predict(OnnxRunner(onnx_path), eval_set.inputs, "Evaluating ONNX")
+    result: dict = {"dataset": str(eval_dir), "images": len(eval_set), "accuracy": accuracy(logits, eval_set.labels)}
+    if eval_set.unreadable:
+        result["unreadable"] = [f"{p.name}: {msg}" for p, msg in eval_set.unreadable]
+    if loaded.source_format == "bvlc-onnx":
+        source = predict(OnnxRunner(loaded.source), eval_set.inputs, "Evaluating source ONNX")
+        result["vs_source_onnx"] = {**fidelity(source, logits), "source_accuracy": accuracy(source, eval_set.labels)}
+    return result, eval_set
+
+
+def export_onnx(loaded: LoadedModel, options: OnnxExportOptions) -> OnnxExportResult:
+    """The whole `python -m export onnx` job; files appear in `out_dir` only when everything passed."""
+    from benchmarks.counting import count_onnx
+
+    timings: dict[str, float] = {}
+    final = Path(options.out_dir) / f"{options.name}.onnx"
+    with staging_dir(Path(options.out_dir)) as stage:
+        started = time.perf_counter()
+        step(f"exporting to ONNX (opset {options.opset}, {'dynamic' if options.dynamic_batch else 'static'} batch)")
+        proto = torch_to_onnx(loaded.model, loaded.preprocess.crop, options.opset, options.dynamic_batch)
+        simplifier = "none"
+        if options.simplify:
+            step("simplifying")
+            proto, simplifier = simplify(proto)
+        onnx.checker.check_model(proto, full_check=True)
+        staged = stage / final.name
+        onnx.save(proto, str(staged))
+        timings["export_s"] = time.perf_counter() - started
+
+        started = time.perf_counter()
+        photos = validation_photos()
+        val_set = load_eval_set(photos, None, loaded.preprocess, None, "Loading validation photos")
+        validation = validate_against_torch(loaded.model, staged, val_set.inputs)
+        validation["photos"] = sorted(p.name for p in val_set.paths)
+        timings["validate_s"] = time.perf_counter() - started
+
+        evaluation, eval_set = None, None
+        eval_dir = options.eval_dir or default_eval_dir(loaded)
+        if options.evaluate and eval_dir is not None:
+            started = time.perf_counter()
+            evaluation, eval_set = evaluate_export(loaded, staged, Path(eval_dir))
+            timings["evaluate_s"] = time.perf_counter() - started
+        elif options.evaluate:
+            warn("no evaluation set (pass --eval DIR); accuracy is not recorded in the artifact")
+
+        counts = count_onnx(proto)
+        info = round_floats(
+            {
+                "format": "onnx",
+                "precision": "fp32",
+                **loaded.describe(),
+                "preprocess": loaded.preprocess.to_dict(),
+                "input": {
+                    "name": INPUT_NAME,
+                    "shape": [
+                        "batch" if options.dynamic_batch else 1,
+                        3,
+                        loaded.preprocess.crop,
+                        loaded.preprocess.crop,
+                    ],
+                    "dtype": "float32",
+                },
+                "output": {
+                    "name": OUTPUT_NAME,
+                    "shape": ["batch" if options.dynamic_batch else 1, loaded.num_classes],
+                    "meaning": "logits; apply softmax for probabilities",
+                },
+                "opset": options.opset,
+                "simplifier": simplifier,
+                "params": counts.params,
+                "macs": counts.macs,
+                "validation": validation,
+                "evaluation": evaluation,
+                "warnings": loaded.warnings,
+                "producer": {"toolkit": __version__, "torch": torch.__version__, "onnx": onnx.__version__},
+            }
+        )
+        set_onnx_metadata(
+            proto,
+            {
+                **{k: info[k] for k in ("arch", "num_classes", "weights", "weights_format", "params", "macs")},
+                "weights_sha256": info["weights_sha256"] or "",
+                "preprocess": loaded.preprocess.to_json(),
+                "labels": loaded.labels.to_dict(),
+                "validation": validation,
+                "evaluation": evaluation or {},
+            },
+        )
+        proto.producer_name, proto.producer_version = "googlenet-edge", __version__
+        onnx.save(proto, str(staged))
+        info["artifact"] = final.name
+        info["size_bytes"] = staged.stat().st_size
+        info["sha256"] = file_sha256(staged)
+        sidecar = {**info, "labels": loaded.labels.to_dict()}
+        staged_sidecar = sidecar_path(staged)
+        write_json(staged_sidecar, sidecar)
+        publish({staged: final, staged_sidecar: sidecar_path(final)})
+    return OnnxExportResult(final, sidecar_path(final), info, eval_set, timings)

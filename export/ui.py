@@ -1,0 +1,64 @@
+"""Terminal output: progress bars on stderr for long work, tables on stdout for results."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterable, Iterator, Sequence
+from typing import TypeVar
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+T = TypeVar("T")
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+def progress(items: Iterable[T], description: str, total: int | None = None) -> Iterator[T]:
+    """Iterate with a progress bar on stderr (a plain final line when stderr is not a terminal)."""
+    bar = Progress(
+        TextColumn("[bold blue]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=err_console,
+        transient=False,
+        disable=not err_console.is_terminal,
+    )
+    with bar:
+        task = bar.add_task(description, total=total)
+        for item in items:
+            yield item
+            bar.advance(task)
+    if not err_console.is_terminal:
+        done = bar.tasks[0].completed if bar.tasks else 0
+        err_console.print(f"{description}: {int(done)}{f'/{total}' if total else ''} done", highlight=False)
+
+
+def step(message: str) -> None:
+    """A one-line status message for a stage that has no countable steps."""
+    err_console.print(f"[dim]•[/dim] {message}", highlight=False)
+
+
+def warn(message: str) -> None:
+    err_console.print(f"[bold yellow]warning:[/bold yellow] {message}", highlight=False)
+
+
+def table(title: str, columns: Sequence[str], rows: Iterable[Sequence[object]]) -> Table:
+    result = Table(title=title, title_justify="left")
+    for index, column in enumerate(columns):
+        result.add_column(column, justify="left" if index == 0 else "right")
+    for row in rows:
+        result.add_row(*(str(v) for v in row))
+    return result
+
+
+def show(renderable: object) -> None:
+    console.print(renderable)
+
+
+def is_interactive() -> bool:
+    return sys.stderr.isatty()
