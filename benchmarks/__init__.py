@@ -1,0 +1,1 @@
+"""Measuring the exported GoogLeNet: parameter and multiply-add counts, later latency and accuracy."""

@@ -1,0 +1,98 @@
+"""`python -m benchmarks <command>`: one small function per subcommand, registered in COMMANDS."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, NoReturn
+
+from rich.console import Console
+
+from export.errors import EXIT_USAGE, ToolkitError, one_line
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage errors as one `error: ...` line (exit 2) instead of the usage block."""
+
+    def error(self, message: str) -> NoReturn:
+        print(f"error: {self.prog}: {one_line(message)}", file=sys.stderr)
+        raise SystemExit(EXIT_USAGE)
+
+
+@dataclass(frozen=True)
+class Command:
+    """A subcommand: its one-line help, how it adds its arguments, and what it runs (returns exit code)."""
+
+    help: str
+    configure: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], int]
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    """Write beside the target then rename, so a crash never leaves half a report."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as exc:
+        raise ToolkitError(f"cannot write ({one_line(exc)})", path) from None
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            json.dump(data, handle, indent=2)
+            handle.write("\n")
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 would hide the report from other users
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise ToolkitError(f"cannot write ({one_line(exc)})", path) from None
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+
+
+def _configure_macs(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("file", type=Path, help="model to count (.onnx)")
+    parser.add_argument("--layers", action="store_true", help="also print one row per layer")
+    parser.add_argument("--json", type=Path, metavar="OUT", help="write the counts as JSON")
+
+
+def _run_macs(args: argparse.Namespace) -> int:
+    from benchmarks.counting import compare_with_paper, count_file, render_table
+
+    report = count_file(args.file)
+    console = Console(width=None if sys.stdout.isatty() else 120)  # pipes and logs get the full table
+    if args.layers:
+        console.print(render_table(report, layers=True))
+    console.print(render_table(report))
+    if args.json:
+        paper = [asdict(row) for row in compare_with_paper(report)]
+        write_json_atomic(args.json, {**report.to_dict(), "paper_table1": paper})
+        console.print(f"wrote {args.json}")
+    return 0
+
+
+COMMANDS: dict[str, Command] = {
+    "macs": Command("count parameters and multiply-adds per Table 1 row", _configure_macs, _run_macs),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="googlenet-bench", description="Measure exported GoogLeNet models.")
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="command")
+    for name, command in COMMANDS.items():
+        command.configure(subparsers.add_parser(name, help=command.help, description=command.help))
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command].run(args)
+    except ToolkitError as exc:
+        print(f"error: {one_line(exc)}", file=sys.stderr)
+        return EXIT_USAGE
