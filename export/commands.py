@@ -7,7 +7,8 @@ import time
 import warnings
 
 from export import ui
-from export.onnx_export import DEFAULT_OPSET, OnnxExportOptions, OnnxExportResult, export_onnx
+from export.images import list_images
+from export.onnx_export import DEFAULT_OPSET, OnnxExportOptions, OnnxExportResult, check_opset, export_onnx
 from export.weights import RandomInitWarning, load_model
 
 
@@ -56,18 +57,83 @@ def summarize_onnx(result: OnnxExportResult, elapsed: float) -> None:
 
 def run_onnx(args: argparse.Namespace) -> int:
     started = time.perf_counter()
+    check_opset(args.opset or DEFAULT_OPSET)  # cheap checks first: no progress output before an error
+    if args.eval is not None and not args.no_eval:
+        list_images(args.eval)
     loaded = _load(args)
+    source = None
+    eval_dir, exclude, evaluate = args.eval, frozenset(), not args.no_eval
+    if args.quantize:
+        from quantize.calibration import FolderSource, calibration_source
+        from quantize.presets import DEFAULT_CALIBRATION, preset
+
+        config = preset(args.target, calibration=args.calibration or DEFAULT_CALIBRATION, exclude=tuple(args.exclude))
+        source = calibration_source(args.calib, loaded.preprocess, args.calib_size, args.seed)
+        if args.calib is None:
+            ui.warn("no --calib: calibrating on built-in photographs; a set from your own data is more representative")
+        if isinstance(source, FolderSource):
+            for note in source.notes:
+                ui.warn(note)
+            exclude = frozenset(source.chosen)  # never evaluate on calibration images
+            if eval_dir is None:
+                eval_dir = source.folder
+                if not source.unused:
+                    ui.warn("every image of --calib was used for calibration; pass --eval DIR for an accuracy report")
+                    evaluate = False
     options = OnnxExportOptions(
         out_dir=args.out,
         opset=args.opset or DEFAULT_OPSET,
         dynamic_batch=args.dynamic_batch,
         simplify=not args.no_simplify,
-        eval_dir=args.eval,
-        evaluate=not args.no_eval,
+        eval_dir=eval_dir,
+        evaluate=evaluate,
+        eval_exclude=exclude,
+        compare_source=not args.quantize,  # keeps `--quantize int8` within its time budget
     )
     result = export_onnx(loaded, options)
     from benchmarks.counting import count_onnx, render_table
 
     ui.show(render_table(count_onnx(result.path), paper=True))
     summarize_onnx(result, time.perf_counter() - started)
+    if args.quantize:
+        _quantize_int8(result, source, config, loaded)
+    ui.show(f"total time {time.perf_counter() - started:.1f} s")
     return 0
+
+
+def _quantize_int8(result: OnnxExportResult, source, config, loaded) -> None:
+    from export.evaluation import load_eval_set
+    from export.sample_images import validation_photos
+    from quantize.drift import drift_table, layer_table
+    from quantize.onnx_int8 import quantize_onnx
+
+    ui.show(f"int8 target preset: [bold]{config.target}[/bold] ({config.why}); calibration: {config.calibration}")
+    eval_set, fp32_logits = result.eval_set, result.eval_logits
+    if eval_set is None:
+        ui.warn("no held-out labelled images: drift is measured on the built-in photos (agreement only)")
+        eval_set = load_eval_set(validation_photos(), None, loaded.preprocess, None, "Loading photos")
+        fp32_logits = None
+    q = quantize_onnx(result.path, source, config, eval_set, fp32_logits)
+    drift = q.info["drift"]
+    if drift:
+        ui.show(drift_table(drift))
+        ui.show(layer_table(drift["layers"]["worst_first"]))
+        if drift.get("host_caveat"):
+            ui.warn(drift["host_caveat"])
+    calib = q.info["calibration"]
+    fingerprint = calib.get("file_list_sha256") or calib.get("data_sha256") or ""
+    rows = [
+        ("artifact", str(q.path)),
+        ("size", f"{q.info['size_bytes'] / 1e6:.2f} MB ({q.info['size_ratio']:.1%} of FP32)"),
+        ("target / calibration", f"{config.target} / {config.calibration}"),
+        (
+            "calibration set",
+            f"{calib['images']} images from {calib['path']} (sha256 {fingerprint[:12]})",
+        ),
+        ("time", f"quantize {q.timings.get('quantize_s', 0):.1f} s, drift {q.timings.get('drift_s', 0):.1f} s"),
+    ]
+    if calib.get("skipped_non_images"):
+        rows.append(("skipped non-image files", str(calib["skipped_non_images"])))
+    for entry in calib.get("unreadable", []):
+        ui.warn(f"unreadable calibration image skipped: {entry}")
+    ui.show(ui.table("int8 ONNX", ("", "value"), rows))

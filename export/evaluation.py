@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -58,7 +59,9 @@ def load_eval_folder(
     folder: Path, preprocess: Preprocess, labels: LabelSet | None, exclude: set[Path] | None = None
 ) -> EvalSet:
     listing = list_images(folder)
-    chosen = [p for p in listing.images if not exclude or p not in exclude]
+    # Compare resolved paths: `--calib ../data` and `--eval /abs/data` name the same files.
+    excluded = {Path(p).resolve() for p in exclude or ()}
+    chosen = [p for p in listing.images if not excluded or p.resolve() not in excluded]
     if not chosen:
         raise ToolkitError("no images to evaluate on", folder)
     result = load_eval_set(chosen, folder, preprocess, labels, "Loading eval images")
@@ -114,10 +117,11 @@ def fidelity(reference: np.ndarray, candidate: np.ndarray) -> dict[str, float]:
     }
 
 
-def round_floats(data: object, digits: int = 6) -> object:
-    """Round floats in nested data so reports are stable across runs and readable."""
+def round_floats(data: object, digits: int = 7) -> object:
+    """Round floats in nested data to `digits` significant digits, so reports are stable and readable
+    while small figures (a KL of 3e-9) keep their meaning."""
     if isinstance(data, float):
-        return round(data, digits)
+        return float(f"{data:.{digits}g}") if math.isfinite(data) else data
     if isinstance(data, dict):
         return {k: round_floats(v, digits) for k, v in data.items()}
     if isinstance(data, list | tuple):

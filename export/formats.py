@@ -6,11 +6,23 @@ the help text and the option checks all come from this table.
 
 from __future__ import annotations
 
+import argparse
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from export import paths
+
+
+def positive_int(text: str) -> int:
+    """argparse type: a whole number >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1 (got {value})")
+    return value
 
 
 @dataclass(frozen=True)
@@ -33,7 +45,11 @@ OPTIONS: dict[str, Option] = {
     ),
     "num_classes": Option(
         ("--num-classes",),
-        {"type": int, "metavar": "N", "help": "classifier size when the weights are not a 1000-class ImageNet model"},
+        {
+            "type": positive_int,
+            "metavar": "N",
+            "help": "classifier size when the weights are not a 1000-class ImageNet model",
+        },
     ),
     "labels": Option(
         ("--labels",),
@@ -63,7 +79,37 @@ OPTIONS: dict[str, Option] = {
         },
     ),
     "no_eval": Option(("--no-eval",), {"action": "store_true", "help": "skip the accuracy report"}),
+    "calib": Option(
+        ("--calib",),
+        {
+            "type": Path,
+            "metavar": "DIR|NPY",
+            "help": "calibration images (folder, recursive) or preprocessed .npy/.npz (default: built-in photos)",
+        },
+    ),
+    "calib_size": Option(
+        ("--calib-size",),
+        {"type": int, "default": 200, "metavar": "N", "help": "calibration images drawn from --calib (default 200)"},
+    ),
+    "calibration": Option(
+        ("--calibration",),
+        {"choices": ("minmax", "entropy", "percentile"), "default": None, "help": "range estimator"},
+    ),
+    "target": Option(
+        ("--target",),
+        {
+            "choices": ("arm64", "x86-avx2", "x86-vnni"),
+            "default": "arm64",
+            "help": "int8 kernel target (default arm64)",
+        },
+    ),
+    "exclude": Option(
+        ("--exclude",),
+        {"nargs": "+", "default": [], "metavar": "NODE", "help": "node names to keep in float"},
+    ),
 }
+
+QUANTIZE_OPTIONS = ("calib", "calib_size", "calibration", "target", "exclude")
 
 
 @dataclass(frozen=True)
@@ -83,8 +129,8 @@ FORMATS: tuple[ExportFormat, ...] = (
         name="onnx",
         suffix=".onnx",
         description="validated, simplified ONNX (ONNX Runtime and most edge runtimes)",
-        quantize=(),
-        options=(*COMMON, "opset", "dynamic_batch", "no_simplify"),
+        quantize=("int8",),
+        options=(*COMMON, "opset", "dynamic_batch", "no_simplify", *QUANTIZE_OPTIONS),
     ),
 )
 

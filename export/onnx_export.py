@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import logging
 import time
 import warnings
@@ -18,6 +19,7 @@ from export import __version__, paths
 from export.artifacts import publish, set_onnx_metadata, sidecar_path, staging_dir, write_json
 from export.errors import ToolkitError, one_line
 from export.evaluation import EvalSet, accuracy, fidelity, load_eval_folder, load_eval_set, predict, round_floats
+from export.images import list_images
 from export.lrn import ONNX_TRANSLATIONS
 from export.runtime import OnnxRunner
 from export.sample_images import validation_photos
@@ -39,6 +41,8 @@ class OnnxExportOptions:
     simplify: bool = True
     eval_dir: Path | None = None  # None: the shared ImageNet sample when the model is an ImageNet model
     evaluate: bool = True
+    eval_exclude: frozenset[Path] = frozenset()  # e.g. the images an int8 model is calibrated on
+    compare_source: bool = True  # also run ONNX-sourced weights' original file on the eval set
     name: str = "googlenet"
 
 
@@ -48,6 +52,7 @@ class OnnxExportResult:
     sidecar: Path
     info: dict
     eval_set: EvalSet | None = None
+    eval_logits: np.ndarray | None = None
     timings: dict[str, float] = field(default_factory=dict)
 
 
@@ -65,6 +70,13 @@ def _quiet_exporter():
     finally:
         for lg, level in zip(loggers, levels, strict=True):
             lg.setLevel(level)
+
+
+def check_opset(opset: int) -> None:
+    if opset not in SUPPORTED_OPSETS:
+        raise ToolkitError(
+            f"--opset {opset} is not supported (use {SUPPORTED_OPSETS.start}-{SUPPORTED_OPSETS.stop - 1})"
+        )
 
 
 def torch_to_onnx(model: torch.nn.Module, preprocess_crop: int, opset: int, dynamic_batch: bool) -> onnx.ModelProto:
@@ -90,10 +102,45 @@ def torch_to_onnx(model: torch.nn.Module, preprocess_crop: int, opset: int, dyna
             verbose=False,
         )
     proto = program.model_proto
+    name_after_modules(proto)
     if dynamic_batch:
         for value in (*proto.graph.input, *proto.graph.output):
             value.type.tensor_type.shape.dim[0].dim_param = "batch"
     return proto
+
+
+def name_after_modules(proto: onnx.ModelProto) -> None:
+    """Name nodes and their output tensors after the PyTorch modules they come from.
+
+    The exporter names nodes `node_conv2d_7`; per-layer reports, `--exclude` and a person reading the
+    graph need `inception3a.branch3.1.conv`. Its per-node metadata (stack traces with local paths)
+    is dropped so that the file depends only on the model, not on where it was exported.
+    """
+    graph_outputs = {o.name for o in proto.graph.output}
+    used: set[str] = set()
+    renamed: dict[str, str] = {}
+    for node in proto.graph.node:
+        scopes = next((p.value for p in node.metadata_props if p.key == "pkg.torch.onnx.name_scopes"), None)
+        parts = [s for s in (json.loads(scopes.replace("'", '"')) if scopes else []) if s]
+        module, leaf = (parts[-2] if len(parts) > 1 else ""), (parts[-1] if parts else node.name)
+        name = module or leaf
+        if name in used:
+            name = f"{module}/{leaf}" if module else leaf
+        while name in used:
+            name += "_"
+        used.add(name)
+        node.name = name
+        del node.metadata_props[:]
+        if len(node.output) == 1 and node.output[0] not in graph_outputs:
+            renamed[node.output[0]] = name
+            node.output[0] = name
+    for node in proto.graph.node:
+        for index, value in enumerate(node.input):
+            if value in renamed:
+                node.input[index] = renamed[value]
+    kept_info = [v for v in proto.graph.value_info if v.name not in renamed]
+    del proto.graph.value_info[:]
+    proto.graph.value_info.extend(kept_info)
 
 
 def simplify(proto: onnx.ModelProto) -> tuple[onnx.ModelProto, str]:
@@ -145,17 +192,21 @@ def default_eval_dir(loaded: LoadedModel) -> Path | None:
     return paths.imagenet_sample() if loaded.labels.wnids and loaded.num_classes == 1000 else None
 
 
-def evaluate_export(loaded: LoadedModel, onnx_path: Path, eval_dir: Path) -> tuple[dict, EvalSet]:
+def evaluate_export(
+    loaded: LoadedModel, onnx_path: Path, eval_dir: Path, exclude: frozenset[Path], compare_source: bool
+) -> tuple[dict, EvalSet, np.ndarray]:
     """Top-1/top-5 of the exported model; for ONNX-sourced weights also its fidelity to the source."""
-    eval_set = load_eval_folder(eval_dir, loaded.preprocess, loaded.labels)
+    eval_set = load_eval_folder(eval_dir, loaded.preprocess, loaded.labels, exclude=set(exclude))
     logits = predict(OnnxRunner(onnx_path), eval_set.inputs, "Evaluating ONNX")
     result: dict = {"dataset": str(eval_dir), "images": len(eval_set), "accuracy": accuracy(logits, eval_set.labels)}
     if eval_set.unreadable:
         result["unreadable"] = [f"{p.name}: {msg}" for p, msg in eval_set.unreadable]
-    if loaded.source_format == "bvlc-onnx":
+    if exclude:
+        result["excluded"] = len(exclude)
+    if compare_source and loaded.source_format == "bvlc-onnx":
         source = predict(OnnxRunner(loaded.source), eval_set.inputs, "Evaluating source ONNX")
         result["vs_source_onnx"] = {**fidelity(source, logits), "source_accuracy": accuracy(source, eval_set.labels)}
-    return result, eval_set
+    return result, eval_set, logits
 
 
 def export_onnx(loaded: LoadedModel, options: OnnxExportOptions) -> OnnxExportResult:
@@ -163,6 +214,9 @@ def export_onnx(loaded: LoadedModel, options: OnnxExportOptions) -> OnnxExportRe
     from benchmarks.counting import count_onnx
 
     timings: dict[str, float] = {}
+    check_opset(options.opset)
+    if options.evaluate and options.eval_dir is not None:
+        list_images(options.eval_dir)  # a missing eval folder fails now, not after the export
     final = Path(options.out_dir) / f"{options.name}.onnx"
     with staging_dir(Path(options.out_dir)) as stage:
         started = time.perf_counter()
@@ -184,11 +238,13 @@ def export_onnx(loaded: LoadedModel, options: OnnxExportOptions) -> OnnxExportRe
         validation["photos"] = sorted(p.name for p in val_set.paths)
         timings["validate_s"] = time.perf_counter() - started
 
-        evaluation, eval_set = None, None
+        evaluation, eval_set, eval_logits = None, None, None
         eval_dir = options.eval_dir or default_eval_dir(loaded)
         if options.evaluate and eval_dir is not None:
             started = time.perf_counter()
-            evaluation, eval_set = evaluate_export(loaded, staged, Path(eval_dir))
+            evaluation, eval_set, eval_logits = evaluate_export(
+                loaded, staged, Path(eval_dir), options.eval_exclude, options.compare_source
+            )
             timings["evaluate_s"] = time.perf_counter() - started
         elif options.evaluate:
             warn("no evaluation set (pass --eval DIR); accuracy is not recorded in the artifact")
@@ -225,6 +281,7 @@ def export_onnx(loaded: LoadedModel, options: OnnxExportOptions) -> OnnxExportRe
                 "producer": {"toolkit": __version__, "torch": torch.__version__, "onnx": onnx.__version__},
             }
         )
+        info["preprocess"] = loaded.preprocess.to_dict()  # exact, not rounded: consumers preprocess with it
         set_onnx_metadata(
             proto,
             {
@@ -245,4 +302,4 @@ def export_onnx(loaded: LoadedModel, options: OnnxExportOptions) -> OnnxExportRe
         staged_sidecar = sidecar_path(staged)
         write_json(staged_sidecar, sidecar)
         publish({staged: final, staged_sidecar: sidecar_path(final)})
-    return OnnxExportResult(final, sidecar_path(final), info, eval_set, timings)
+    return OnnxExportResult(final, sidecar_path(final), info, eval_set, eval_logits, timings)

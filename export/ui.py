@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterable, Iterator, Sequence
 from typing import TypeVar
 
@@ -12,8 +11,15 @@ from rich.table import Table
 
 T = TypeVar("T")
 
-console = Console()
-err_console = Console(stderr=True)
+
+def _console(stderr: bool = False) -> Console:
+    """Wide enough for the report tables when writing to a log or a pipe (rich assumes 80 columns)."""
+    probe = Console(stderr=stderr)
+    return probe if probe.is_terminal else Console(stderr=stderr, width=max(probe.width, 120))
+
+
+console = _console()
+err_console = _console(stderr=True)
 
 
 def progress(items: Iterable[T], description: str, total: int | None = None) -> Iterator[T]:
@@ -58,7 +64,3 @@ def table(title: str, columns: Sequence[str], rows: Iterable[Sequence[object]]) 
 
 def show(renderable: object) -> None:
     console.print(renderable)
-
-
-def is_interactive() -> bool:
-    return sys.stderr.isatty()

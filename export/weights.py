@@ -203,8 +203,10 @@ def load_model(
     if weights is None and os.environ.get(paths.WEIGHTS_ENV):
         weights = os.environ[paths.WEIGHTS_ENV]
     notes: list[str] = []
+    if num_classes is not None and num_classes < 1:
+        raise ToolkitError(f"--num-classes must be at least 1 (got {num_classes})")
     if weights is None:
-        classes = num_classes or IMAGENET_CLASSES
+        classes = IMAGENET_CLASSES if num_classes is None else num_classes
         model: nn.Module = random_model(classes, seed)
         message = (
             f"no --weights given (and ${paths.WEIGHTS_ENV} unset): using RANDOM weights (seed {seed}); "

@@ -1,0 +1,181 @@
+"""Shared fixtures: the shared assets (or a skip with the reason), real photos, one BVLC export per session.
+
+`bvlc_onnx_export` exports the real BVLC weights once per session (with the default 500-image evaluation,
+so its sidecar carries top-1/top-5 and the agreement with the source ONNX); every module that needs a
+real FP32 GoogLeNet artifact (export checks, int8 quantization, benchmarks) should reuse it rather than
+export again.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from export import paths
+from export.images import list_images
+from export.model import GoogLeNet
+from export.onnx_export import OnnxExportOptions, OnnxExportResult, export_onnx
+from export.sample_images import builtin_photos
+from export.weights import LoadedModel, load_model
+
+PROJECT_ROOT = paths.PROJECT_ROOT
+
+
+def _missing(what: str, where: Path) -> str:
+    return f"shared {what} not found at {where}; set ${paths.SHARED_ENV}"
+
+
+@pytest.fixture(scope="session")
+def bvlc_weights() -> Path:
+    """The real BVLC GoogLeNet ONNX (`$GOOGLENET_SHARED/weights/bvlc_googlenet.onnx`), else skip."""
+    found = paths.bvlc_onnx()
+    if found is None:
+        pytest.skip(_missing("BVLC weights", paths.shared_dir() / "weights" / "bvlc_googlenet.onnx"))
+    return found
+
+
+@pytest.fixture(scope="session")
+def imagenet_sample_dir() -> Path:
+    """The 500 labelled ImageNet photos (`$GOOGLENET_SHARED/data/imagenet-sample`), else skip."""
+    found = paths.imagenet_sample()
+    if found is None:
+        pytest.skip(_missing("ImageNet sample", paths.shared_dir() / "data" / "imagenet-sample"))
+    return found
+
+
+@pytest.fixture(scope="session")
+def synset_words_file() -> Path:
+    """`$GOOGLENET_SHARED/data/synset_words.txt` (the 1000 ImageNet class names), else skip."""
+    found = paths.synset_words()
+    if found is None:
+        pytest.skip(_missing("ImageNet label list", paths.shared_dir() / "data" / "synset_words.txt"))
+    return found
+
+
+@pytest.fixture(scope="session")
+def shared_photos() -> list[Path]:
+    """Real photos: the shared `data/photos` when present, else scikit-image's bundled photographs."""
+    folder = paths.sample_photos()
+    photos = list_images(folder).images if folder else []
+    photos = photos or builtin_photos()
+    assert photos, "no real photos available (neither shared data/photos nor scikit-image's data)"
+    return photos
+
+
+@pytest.fixture(scope="session")
+def bvlc_loaded(bvlc_weights: Path) -> LoadedModel:
+    """The BVLC weights in the reference model (eval mode); shared, do not modify it."""
+    return load_model(bvlc_weights)
+
+
+@pytest.fixture(scope="session")
+def bvlc_onnx_export(bvlc_loaded: LoadedModel, tmp_path_factory: pytest.TempPathFactory) -> OnnxExportResult:
+    """The BVLC weights exported once per session, evaluated on the default 500-image sample when present."""
+    out_dir = tmp_path_factory.mktemp("bvlc_onnx_export")
+    return export_onnx(bvlc_loaded, OnnxExportOptions(out_dir=out_dir))
+
+
+def lively_reference_state_dict(num_classes: int = 1000, seed: int = 0) -> dict[str, torch.Tensor]:
+    """A seeded reference GoogLeNet state_dict with He-initialised weights.
+
+    PyTorch's default initialisation makes this 57-convolution network's logits practically constant
+    across images (the activations die out), so a comparison of two runtimes on it could not fail; with
+    He initialisation the logits differ from photo to photo.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    model = GoogLeNet(num_classes=num_classes)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, nn.Conv2d | nn.Linear):
+                fan_in = module.weight[0].numel()
+                module.weight.copy_(torch.randn(module.weight.shape, generator=generator) * (2.0 / fan_in) ** 0.5)
+                module.bias.copy_(torch.randn(module.bias.shape, generator=generator) * 0.01)
+    return model.state_dict()
+
+
+@pytest.fixture(scope="session")
+def reference_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 1000-class reference `state_dict` saved with `torch.save` (see `lively_reference_state_dict`)."""
+    path = tmp_path_factory.mktemp("reference_checkpoint") / "reference.pt"
+    torch.save(lively_reference_state_dict(1000, seed=0), path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def ten_class_state() -> dict[str, torch.Tensor]:
+    """A 10-class reference `state_dict` (a fine-tune's shape), see `lively_reference_state_dict`."""
+    return lively_reference_state_dict(10, seed=1)
+
+
+@pytest.fixture(scope="session")
+def ten_class_checkpoint(ten_class_state: dict[str, torch.Tensor], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """`ten_class_state` as a training script with DataParallel saves it: `{"state_dict": {"module.<key>": ...}}`.
+    Loading it needs `--num-classes 10`."""
+    path = tmp_path_factory.mktemp("ten_class_checkpoint") / "ten_classes.pt"
+    torch.save({"state_dict": {f"module.{k}": v for k, v in ten_class_state.items()}, "epoch": 12}, path)
+    return path
+
+
+def _cli_env(overrides: dict[str, str | None]) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k != paths.WEIGHTS_ENV}
+    for key, value in overrides.items():
+        if value is None:
+            env.pop(key, None)
+        else:
+            env[key] = value
+    return env
+
+
+CliRunner = Callable[..., subprocess.CompletedProcess]
+
+
+@pytest.fixture(scope="session")
+def run_export_cli() -> CliRunner:
+    """`run_export_cli("onnx", "--no-eval", ..., env={"TMPDIR": ...})` runs `python -m export ...` in the
+    project root and returns the `CompletedProcess` (text stdout/stderr).
+
+    The child gets this environment without `$GOOGLENET_WEIGHTS` (so that no weights means random init),
+    updated with `env` (a value of None removes a variable).
+    """
+
+    def run(
+        *args: str | Path, env: dict[str, str | None] | None = None, timeout: float = 600
+    ) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-m", "export", *(str(a) for a in args)],
+            cwd=PROJECT_ROOT,
+            capture_output=True,
+            text=True,
+            env=_cli_env(env or {}),
+            timeout=timeout,
+            check=False,
+        )
+
+    return run
+
+
+@pytest.fixture(scope="session")
+def ten_class_dynamic_export(
+    run_export_cli: CliRunner, ten_class_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[subprocess.CompletedProcess, Path]:
+    """`python -m export onnx --weights ten_classes.pt --num-classes 10 --dynamic-batch --no-eval`."""
+    out_dir = tmp_path_factory.mktemp("ten_class_dynamic") / "out"
+    result = run_export_cli(
+        "onnx",
+        "--weights",
+        ten_class_checkpoint,
+        "--num-classes",
+        "10",
+        "--dynamic-batch",
+        "--no-eval",
+        "--out",
+        out_dir,
+    )
+    return result, out_dir
