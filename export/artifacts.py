@@ -45,7 +45,7 @@ def write_json(path: Path, data: dict) -> None:
     """Stable JSON (sorted keys, fixed indentation), written atomically."""
     tmp = path.with_name(f".{path.name}.tmp")
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True, allow_nan=False) + "\n", encoding="utf-8")
     os.replace(tmp, path)
 
 
@@ -61,9 +61,9 @@ def sidecar_path(artifact: Path) -> Path:
     return artifact.with_name(artifact.name + ".json")
 
 
-def set_onnx_metadata(model: onnx.ModelProto, values: dict[str, object]) -> None:
-    """Replace `metadata_props` entries; non-strings are stored as JSON."""
-    keep = [p for p in model.metadata_props if p.key not in values]
+def set_onnx_metadata(model: onnx.ModelProto, values: dict[str, object], replace_all: bool = False) -> None:
+    """Set `metadata_props` entries (all of them with `replace_all`); non-strings are stored as JSON."""
+    keep = [] if replace_all else [p for p in model.metadata_props if p.key not in values]
     del model.metadata_props[:]
     model.metadata_props.extend(keep)
     for key, value in values.items():

@@ -7,6 +7,7 @@ import time
 import warnings
 
 from export import ui
+from export.errors import ToolkitError
 from export.images import list_images
 from export.onnx_export import DEFAULT_OPSET, OnnxExportOptions, OnnxExportResult, check_opset, export_onnx
 from export.weights import RandomInitWarning, load_model
@@ -55,11 +56,31 @@ def summarize_onnx(result: OnnxExportResult, elapsed: float) -> None:
     ui.show(ui.table("ONNX export", ("", "value"), rows))
 
 
+def _check_quantize_options(args: argparse.Namespace) -> None:
+    """Options that only mean something with --quantize are an error without it, not silently ignored."""
+    if args.quantize:
+        return
+    given = [
+        flag
+        for flag, value, default in (
+            ("--calib", args.calib, None),
+            ("--calib-size", args.calib_size, 200),
+            ("--calibration", args.calibration, None),
+            ("--target", args.target, "arm64"),
+            ("--exclude", args.exclude, []),
+        )
+        if value != default
+    ]
+    if given:
+        raise ToolkitError(f"{', '.join(given)} only apply with --quantize int8")
+
+
 def run_onnx(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     check_opset(args.opset or DEFAULT_OPSET)  # cheap checks first: no progress output before an error
     if args.eval is not None and not args.no_eval:
         list_images(args.eval)
+    _check_quantize_options(args)
     loaded = _load(args)
     source = None
     eval_dir, exclude, evaluate = args.eval, frozenset(), not args.no_eval
@@ -67,10 +88,15 @@ def run_onnx(args: argparse.Namespace) -> int:
         from quantize.calibration import FolderSource, calibration_source
         from quantize.presets import DEFAULT_CALIBRATION, preset
 
-        config = preset(args.target, calibration=args.calibration or DEFAULT_CALIBRATION, exclude=tuple(args.exclude))
+        config = preset(
+            args.target,
+            calibration=args.calibration or DEFAULT_CALIBRATION,
+            exclude=tuple(args.exclude),
+        )
         source = calibration_source(args.calib, loaded.preprocess, args.calib_size, args.seed)
         if args.calib is None:
             ui.warn("no --calib: calibrating on built-in photographs; a set from your own data is more representative")
+        source.describe()  # load (and validate) the calibration images before the slow export
         if isinstance(source, FolderSource):
             for note in source.notes:
                 ui.warn(note)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -72,7 +73,13 @@ def load_eval_folder(
 def predict(runner: Runner, inputs: np.ndarray, description: str, batch_size: int = 16) -> np.ndarray:
     """Logits for all inputs, with a progress bar."""
     starts = range(0, len(inputs), batch_size)
-    chunks = [runner(inputs[i : i + batch_size]) for i in progress(starts, description, total=len(starts))]
+    workers = getattr(runner, "workers", 1)
+    if workers > 1:
+        with ThreadPoolExecutor(workers) as pool:
+            results = pool.map(lambda i: runner(inputs[i : i + batch_size]), starts)
+            chunks = list(progress(results, description, total=len(starts)))
+    else:
+        chunks = [runner(inputs[i : i + batch_size]) for i in progress(starts, description, total=len(starts))]
     return np.concatenate(chunks).astype(np.float32) if chunks else np.zeros((0, 0), np.float32)
 
 

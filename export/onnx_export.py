@@ -21,7 +21,7 @@ from export.errors import ToolkitError, one_line
 from export.evaluation import EvalSet, accuracy, fidelity, load_eval_folder, load_eval_set, predict, round_floats
 from export.images import list_images
 from export.lrn import ONNX_TRANSLATIONS
-from export.runtime import OnnxRunner
+from export.runtime import OnnxRunner, throughput_runner
 from export.sample_images import validation_photos
 from export.ui import step, warn
 from export.weights import LoadedModel, file_sha256
@@ -197,14 +197,14 @@ def evaluate_export(
 ) -> tuple[dict, EvalSet, np.ndarray]:
     """Top-1/top-5 of the exported model; for ONNX-sourced weights also its fidelity to the source."""
     eval_set = load_eval_folder(eval_dir, loaded.preprocess, loaded.labels, exclude=set(exclude))
-    logits = predict(OnnxRunner(onnx_path), eval_set.inputs, "Evaluating ONNX")
+    logits = predict(throughput_runner(onnx_path), eval_set.inputs, "Evaluating ONNX")
     result: dict = {"dataset": str(eval_dir), "images": len(eval_set), "accuracy": accuracy(logits, eval_set.labels)}
     if eval_set.unreadable:
         result["unreadable"] = [f"{p.name}: {msg}" for p, msg in eval_set.unreadable]
     if exclude:
         result["excluded"] = len(exclude)
     if compare_source and loaded.source_format == "bvlc-onnx":
-        source = predict(OnnxRunner(loaded.source), eval_set.inputs, "Evaluating source ONNX")
+        source = predict(throughput_runner(loaded.source), eval_set.inputs, "Evaluating source ONNX")
         result["vs_source_onnx"] = {**fidelity(source, logits), "source_accuracy": accuracy(source, eval_set.labels)}
     return result, eval_set, logits
 

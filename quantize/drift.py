@@ -1,0 +1,139 @@
+"""How much a quantized model drifts from FP32: accuracy, agreement, KL, cosine, and where it is lost.
+
+`measure` works for any runner (ONNX Runtime now, LiteRT for TFLite), so every artifact's drift report
+has the same fields; `layer_errors` finds the worst-quantized activations of a QDQ ONNX model.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+
+from export.evaluation import EvalSet, accuracy, fidelity, predict
+from export.runtime import Runner
+from export.ui import table
+
+DRIFT_METRICS = ("top1", "top5", "top1_drop_pp", "top1_agreement", "top5_overlap", "kl_mean", "cosine_mean")
+
+
+def measure(runner: Runner, eval_set: EvalSet, fp32_logits: np.ndarray, description: str) -> dict:
+    """Accuracy of `runner` on the eval set and its fidelity to the FP32 logits on the same images."""
+    logits = predict(runner, eval_set.inputs, description)
+    result: dict = {"fidelity": fidelity(fp32_logits, logits), "accuracy": accuracy(logits, eval_set.labels)}
+    reference = accuracy(fp32_logits, eval_set.labels)
+    if reference and result["accuracy"]:
+        result["top1_drop_pp"] = 100.0 * (reference["top1"] - result["accuracy"]["top1"])
+        result["top5_drop_pp"] = 100.0 * (reference["top5"] - result["accuracy"]["top5"])
+    return result
+
+
+def _sqnr_db(reference: np.ndarray, candidate: np.ndarray) -> float:
+    """Signal-to-quantization-noise ratio in dB (higher is better; inf when identical)."""
+    noise = float(np.linalg.norm(reference.astype(np.float64) - candidate.astype(np.float64)))
+    signal = float(np.linalg.norm(reference.astype(np.float64)))
+    if noise == 0.0:
+        return math.inf
+    return 20.0 * math.log10(max(signal, 1e-30) / noise)
+
+
+def layer_errors(fp32_path: Path, int8_path: Path, inputs: np.ndarray, workdir: Path) -> list[dict]:
+    """SQNR of every quantized activation of the QDQ model against the FP32 model's, worst first.
+
+    Uses ONNX Runtime's `qdq_loss_debug`: both models are augmented to output their intermediate
+    tensors and run (without graph optimisation) on `inputs`.
+    """
+    import onnx
+    from onnxruntime.quantization.qdq_loss_debug import (
+        collect_activations,
+        create_activation_matching,
+        modify_model_output_intermediate_tensors,
+    )
+
+    float_aug, qdq_aug = workdir / "float.aug.onnx", workdir / "qdq.aug.onnx"
+    modify_model_output_intermediate_tensors(str(fp32_path), str(float_aug))
+    modify_model_output_intermediate_tensors(str(int8_path), str(qdq_aug))
+    input_name = onnx.load(str(fp32_path), load_external_data=False).graph.input[0].name
+
+    def reader():
+        return iter([{input_name: inputs[i : i + 1]} for i in range(len(inputs))])
+
+    float_acts = collect_activations(str(float_aug), reader())
+    qdq_acts = collect_activations(str(qdq_aug), reader())
+    matched = create_activation_matching(qdq_acts, float_acts)
+    fp32_nodes = onnx.load(str(fp32_path)).graph.node
+    producers = {out: node.name for node in fp32_nodes for out in node.output}
+    relu_outputs = {out for node in fp32_nodes if node.op_type == "Relu" for out in node.output}
+    rows = []
+    for name, match in matched.items():
+        if "float" not in match:
+            continue
+        float_value = np.concatenate([a.ravel() for a in match["float"]])
+        pre = np.concatenate([a.ravel() for a in match["pre_qdq"]])
+        if name in relu_outputs:
+            # The quantizer folds a ReLU into the QuantizeLinear after the Conv (zero point at the bottom
+            # of the range), so "pre" is the Conv's output: apply the ReLU to compare like with like.
+            pre = np.maximum(pre, 0)
+        post = np.concatenate([a.ravel() for a in match["post_qdq"]])
+        # The int8 model's (dequantized) activation against FP32's: the error accumulated up to here;
+        # and this tensor's own quantize-dequantize error inside the int8 model (what `layer_table` shows).
+        rows.append(
+            {
+                "tensor": name,
+                "node": producers.get(name, name),
+                "sqnr_db": _finite(_sqnr_db(float_value, post)),
+                "qdq_sqnr_db": _finite(_sqnr_db(pre, post)),
+            }
+        )
+    rows.sort(key=lambda row: math.inf if row["sqnr_db"] is None else row["sqnr_db"])
+    return rows
+
+
+def _finite(db: float) -> float | None:
+    """None for a lossless tensor (infinite SQNR): JSON has no Infinity."""
+    return db if math.isfinite(db) else None
+
+
+def _db_text(db: float | None) -> str:
+    return "exact" if db is None else f"{db:.1f}"
+
+
+def _pct(value: float | None) -> str:
+    return "—" if value is None else f"{100 * value:.1f}%"
+
+
+def drift_table(report: dict, title: str = "int8 drift vs FP32"):
+    """One row per way of running the quantized model (host, emulated), FP32 first."""
+    fp32 = report["fp32"]["accuracy"] or {}
+    rows = [("FP32 (reference)", _pct(fp32.get("top1")), _pct(fp32.get("top5")), "—", "100.0%", "—", "—", "—")]
+    for key, label in (("host", "int8 on this host"), ("emulated", "int8 emulated (target-independent)")):
+        run = report.get(key)
+        if not run:
+            continue
+        acc, fid = run["accuracy"] or {}, run["fidelity"]
+        drop = run.get("top1_drop_pp")
+        rows.append(
+            (
+                label,
+                _pct(acc.get("top1")),
+                _pct(acc.get("top5")),
+                "—" if drop is None else f"{drop:+.2f} pp",
+                _pct(fid["top1_agreement"]),
+                _pct(fid["top5_overlap"]),
+                f"{fid['kl_mean']:.4f}",
+                f"{fid['cosine_mean']:.4f}",
+            )
+        )
+    columns = ("run", "top-1", "top-5", "top-1 drop", "agreement", "top-5 overlap", "KL", "cosine")
+    images = report["eval"]["images"]
+    return table(f"{title} ({images} images)", columns, rows)
+
+
+def layer_table(rows: list[dict], limit: int = 10):
+    shown = [(r["node"], _db_text(r["sqnr_db"]), _db_text(r["qdq_sqnr_db"])) for r in rows[:limit]]
+    return table(
+        f"worst-quantized activations (of {len(rows)}; SQNR dB, higher is better)",
+        ("activation", "vs FP32", "own QDQ"),
+        shown,
+    )

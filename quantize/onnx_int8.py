@@ -1,0 +1,296 @@
+"""FP32 ONNX -> int8 QDQ ONNX with ONNX Runtime static quantization, calibrated on real images."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from export import __version__
+from export.artifacts import publish, read_onnx_metadata, set_onnx_metadata, sidecar_path, staging_dir, write_json
+from export.errors import ToolkitError, one_line
+from export.evaluation import EvalSet, predict, round_floats
+from export.hostinfo import host_facts, int8_host_caveat
+from export.runtime import throughput_runner
+from export.ui import progress, step
+from export.weights import file_sha256
+from quantize.calibration import CalibrationSource, OrtCalibrationReader
+from quantize.drift import layer_errors, measure
+from quantize.presets import QuantizationConfig
+
+LAYER_REPORT_IMAGES = 4
+# What the int8 model shares with its FP32 parent: identity, inputs and labels (not its accuracy).
+INHERITED_METADATA = (
+    "arch",
+    "num_classes",
+    "weights",
+    "weights_format",
+    "weights_sha256",
+    "params",
+    "macs",
+    "preprocess",
+    "labels",
+)
+
+
+@dataclass
+class Int8Result:
+    path: Path
+    sidecar: Path
+    info: dict
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def int8_path_for(fp32_path: Path) -> Path:
+    """`googlenet.onnx` -> `googlenet.int8.onnx`."""
+    return fp32_path.with_name(f"{fp32_path.stem}.int8{fp32_path.suffix}")
+
+
+class _ProgressReader(OrtCalibrationReader):
+    """The calibration reader, with a progress bar over the batches ONNX Runtime pulls."""
+
+    def __init__(self, source: CalibrationSource, input_name: str, total: int) -> None:
+        super().__init__(source, input_name)
+        self.total = total
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        if self._iterator is None:
+            self._iterator = iter(progress(self.source.batches(), "Calibrating", total=self.total))
+        batch = next(self._iterator, None)
+        return None if batch is None else {self.input_name: batch}
+
+
+@contextlib.contextmanager
+def _quiet_quantizer():
+    """ONNX Runtime's quantizer logs every node at INFO and prints hints; the report says what matters."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.WARNING)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            yield
+    finally:
+        root.setLevel(level)
+
+
+def _check_calibration_shape(model: onnx.ModelProto, source: CalibrationSource) -> None:
+    """A batch the model cannot take is a one-line error here, not ONNX Runtime's traceback later."""
+    dims = [d.dim_value if d.HasField("dim_value") else None for d in model.graph.input[0].type.tensor_type.shape.dim]
+    batch = next(iter(source.batches()), None)
+    if batch is None:
+        raise ToolkitError("calibration source yielded no data")
+    expected = tuple("N" if d is None else d for d in dims)
+    fits = batch.ndim == len(dims) and all(d is None or d == b for d, b in zip(dims, batch.shape, strict=True))
+    if not fits:
+        raise ToolkitError(f"calibration batches have shape {tuple(batch.shape)}; the model takes {expected}")
+
+
+def _check_excludes(model: onnx.ModelProto, exclude: tuple[str, ...], path: Path) -> None:
+    names = {node.name for node in model.graph.node}
+    unknown = [name for name in exclude if name not in names]
+    if unknown:
+        raise ToolkitError(f"--exclude names no node of the model: {', '.join(unknown)}", path)
+
+
+def _calibration_method(config: QuantizationConfig):
+    """ONNX Runtime's calibrator and its options for `config.calibration`.
+
+    Entropy keeps ONNX Runtime's defaults (128 bins for 128 quantized bins). On BVLC GoogLeNet they give
+    exactly min-max's ranges; 2048 bins clip ReLU activations so hard that top-1 fell to 37% (measured
+    here, see README), so the finer histogram is not used.
+    """
+    from onnxruntime.quantization import CalibrationMethod
+
+    symmetric = config.activation_symmetric
+    return {
+        "minmax": (CalibrationMethod.MinMax, {"symmetric": symmetric}),
+        "entropy": (CalibrationMethod.Entropy, {"symmetric": symmetric}),
+        "percentile": (
+            CalibrationMethod.Percentile,
+            {"num_bins": 2048, "percentile": config.percentile, "symmetric": symmetric},
+        ),
+    }[config.calibration]
+
+
+def calibrate(pre: Path, source: CalibrationSource, config: QuantizationConfig, count: int, workdir: Path) -> Path:
+    """Run the calibration images through the model once and save the activation ranges (ORT's cache
+    format), so quantization itself needs no data and the ranges can be inspected or reused."""
+    from onnxruntime.quantization.calibrate import create_calibrator, save_tensors_data
+    from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
+
+    method, options = _calibration_method(config)
+    input_name = onnx.load(str(pre), load_external_data=False).graph.input[0].name
+    with _quiet_quantizer():
+        calibrator = create_calibrator(
+            pre,
+            sorted(set(QLinearOpsRegistry) | set(QDQRegistry)),
+            augmented_model_path=str(workdir / "augmented.onnx"),
+            calibrate_method=method,
+            extra_options=options,
+        )
+        calibrator.collect_data(_ProgressReader(source, input_name, count))
+        ranges = calibrator.compute_data()
+    cache = workdir / "calibration.json"
+    save_tensors_data(ranges, cache)
+    return cache
+
+
+def _quantize_static(pre: Path, out: Path, cache: Path, config: QuantizationConfig) -> None:
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+
+    method, _ = _calibration_method(config)
+    with _quiet_quantizer():
+        quantize_static(
+            str(pre),
+            str(out),
+            None,
+            quant_format=QuantFormat.QDQ,
+            per_channel=config.per_channel,
+            reduce_range=config.reduce_range,
+            activation_type=QuantType.QInt8 if config.activation_type == "int8" else QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            nodes_to_exclude=list(config.exclude) or None,
+            calibrate_method=method,
+            calibration_cache_path=str(cache),
+            extra_options={"WeightSymmetric": True, "ActivationSymmetric": config.activation_symmetric},
+        )
+
+
+def drift_report(
+    fp32_path: Path, int8_path: Path, eval_set: EvalSet, fp32_logits: np.ndarray | None, workdir: Path
+) -> dict:
+    """The drift of `int8_path` from `fp32_path`, run on this host and emulated (target-independent)."""
+    if fp32_logits is None:
+        fp32_logits = predict(throughput_runner(fp32_path), eval_set.inputs, "Evaluating FP32")
+    from export.evaluation import accuracy
+
+    report: dict = {
+        "eval": {"images": len(eval_set), "labelled": int((eval_set.labels >= 0).sum())},
+        "fp32": {"accuracy": accuracy(fp32_logits, eval_set.labels)},
+        "host": measure(throughput_runner(int8_path), eval_set, fp32_logits, "Evaluating int8 (host)"),
+        "emulated": measure(
+            throughput_runner(int8_path, optimize=False), eval_set, fp32_logits, "Evaluating int8 (emulated)"
+        ),
+        "host_caveat": int8_host_caveat(),
+    }
+    step("measuring per-layer quantization error")
+    rows = layer_errors(fp32_path, int8_path, eval_set.inputs[:LAYER_REPORT_IMAGES], workdir)
+    report["layers"] = {"images": min(len(eval_set), LAYER_REPORT_IMAGES), "worst_first": rows}
+    return report
+
+
+def quantize_onnx(
+    fp32_path: Path,
+    source: CalibrationSource,
+    config: QuantizationConfig,
+    eval_set: EvalSet | None = None,
+    fp32_logits: np.ndarray | None = None,
+    out_path: Path | None = None,
+) -> Int8Result:
+    """Quantize, stamp metadata, measure drift; `googlenet.int8.onnx` appears only when all succeeded."""
+    fp32_path = Path(fp32_path)
+    final = out_path or int8_path_for(fp32_path)
+    metadata = read_onnx_metadata(fp32_path)
+    timings: dict[str, float] = {}
+    with staging_dir(final.parent) as stage:
+        started = time.perf_counter()
+        calibration = source.describe()  # loads and preprocesses the images once, with a progress bar
+        count = int(calibration["images"])
+        pre = stage / "pre.onnx"
+        step(f"quantizing for {config.target} ({config.calibration} calibration on {count} images)")
+        try:
+            from onnxruntime.quantization.shape_inference import quant_pre_process
+
+            with _quiet_quantizer():
+                quant_pre_process(str(fp32_path), str(pre), skip_symbolic_shape=True)
+        except Exception as exc:
+            raise ToolkitError(f"quantization pre-processing failed ({one_line(exc)})", fp32_path) from None
+        pre_model = onnx.load(str(pre), load_external_data=False)
+        _check_excludes(pre_model, config.exclude, fp32_path)
+        _check_calibration_shape(pre_model, source)
+        staged = stage / final.name
+        cache = calibrate(pre, source, config, count, stage)
+        _quantize_static(pre, staged, cache, config)
+        timings["quantize_s"] = time.perf_counter() - started
+
+        drift = None
+        if eval_set is not None and len(eval_set):
+            started = time.perf_counter()
+            drift = drift_report(fp32_path, staged, eval_set, fp32_logits, stage)
+            drift["eval"]["dataset"] = eval_set_description(eval_set)
+            timings["drift_s"] = time.perf_counter() - started
+
+        info = round_floats(
+            {
+                "format": "onnx",
+                "precision": "int8",
+                "fp32_model": fp32_path.name,
+                "fp32_sha256": file_sha256(fp32_path),
+                "quantization": config.to_dict(),
+                "calibration": calibration,
+                "drift": drift,
+                "host": host_facts(),
+            }
+        )
+        model = onnx.load(str(staged))
+        set_onnx_metadata(
+            model,
+            {
+                **{k: v for k, v in metadata.items() if k in INHERITED_METADATA},
+                "precision": "int8",
+                "quantization": info["quantization"],
+                "calibration": {k: v for k, v in calibration.items() if k != "unreadable"},
+                "drift": _drift_summary(drift),
+            },
+            replace_all=True,  # the FP32 model's evaluation/validation figures are not this model's
+        )
+        model.producer_name, model.producer_version = "googlenet-edge", __version__
+        onnx.save(model, str(staged))
+        for key in INHERITED_METADATA:
+            if key in metadata:
+                info[key] = _maybe_json(metadata[key])
+        info["artifact"] = final.name
+        info["size_bytes"] = staged.stat().st_size
+        info["fp32_size_bytes"] = fp32_path.stat().st_size
+        info["size_ratio"] = round(info["size_bytes"] / info["fp32_size_bytes"], 4)
+        info["sha256"] = file_sha256(staged)
+        staged_sidecar = sidecar_path(staged)
+        write_json(staged_sidecar, info)
+        publish({staged: final, staged_sidecar: sidecar_path(final)})
+    return Int8Result(final, sidecar_path(final), info, timings)
+
+
+def eval_set_description(eval_set: EvalSet) -> dict:
+    return {
+        "images": len(eval_set),
+        "unreadable": [f"{p.name}: {msg}" for p, msg in eval_set.unreadable],
+        "skipped_non_images": eval_set.skipped_non_images,
+    }
+
+
+def _drift_summary(drift: dict | None) -> dict:
+    """The headline drift numbers for `metadata_props` (the full report lives in the sidecar)."""
+    if not drift:
+        return {}
+    summary: dict = {"images": drift["eval"]["images"]}
+    for run in ("host", "emulated"):
+        summary[run] = {
+            "top1_drop_pp": drift[run].get("top1_drop_pp"),
+            "top1_agreement": drift[run]["fidelity"]["top1_agreement"],
+        }
+    return round_floats(summary)
+
+
+def _maybe_json(value: str) -> object:
+    import json
+
+    try:
+        return json.loads(value)
+    except (ValueError, TypeError):
+        return value
