@@ -6,6 +6,8 @@ import argparse
 import time
 import warnings
 
+import numpy as np
+
 from export import ui
 from export.errors import ToolkitError
 from export.images import list_images
@@ -163,3 +165,80 @@ def _quantize_int8(result: OnnxExportResult, source, config, loaded) -> None:
     for entry in calib.get("unreadable", []):
         ui.warn(f"unreadable calibration image skipped: {entry}")
     ui.show(ui.table("int8 ONNX", ("", "value"), rows))
+
+
+def run_tflite(args: argparse.Namespace) -> int:
+    from export.tflite_export import export_tflite, input_preprocess, require_tensorflow
+
+    started = time.perf_counter()
+    if args.io != "float32" and args.quantize != "int8":
+        raise ToolkitError(f"--io {args.io} needs --quantize int8")
+    if args.quantize != "int8" and (args.calib is not None or args.calib_size != 200):
+        raise ToolkitError("--calib and --calib-size only apply with --quantize int8")
+    if args.eval is not None and not args.no_eval:
+        list_images(args.eval)
+    require_tensorflow()
+    loaded = _load(args)
+    calibration, eval_dir, exclude, evaluate = None, args.eval, frozenset(), not args.no_eval
+    if args.quantize == "int8":
+        from quantize.calibration import FolderSource, calibration_source
+
+        source = calibration_source(
+            args.calib, input_preprocess(loaded.preprocess, args.io), args.calib_size, args.seed
+        )
+        if args.calib is None:
+            ui.warn("no --calib: calibrating on built-in photographs; a set from your own data is more representative")
+        describe = source.describe()
+        calibration = {"arrays": np.concatenate(list(source.batches())), "describe": describe}
+        if isinstance(source, FolderSource):
+            for note in source.notes:
+                ui.warn(note)
+            exclude = frozenset(source.chosen)
+            if eval_dir is None:
+                eval_dir = source.folder
+                if not source.unused:
+                    ui.warn("every image of --calib was used for calibration; pass --eval DIR for an accuracy report")
+                    evaluate = False
+    reference = export_onnx(
+        loaded,
+        OnnxExportOptions(
+            out_dir=args.out, eval_dir=eval_dir, evaluate=evaluate, eval_exclude=exclude, compare_source=False
+        ),
+    )
+    result = export_tflite(
+        loaded,
+        reference.path,
+        args.out,
+        quantize=args.quantize,
+        io=args.io,
+        calibration=calibration,
+        eval_set=reference.eval_set,
+        fp32_logits=reference.eval_logits,
+        eval_paths=reference.eval_set.paths if reference.eval_set else None,
+    )
+    _summarize_tflite(result, time.perf_counter() - started)
+    return 0
+
+
+def _summarize_tflite(result, elapsed: float) -> None:
+    rows = []
+    for artifact in result.artifacts:
+        info = artifact.info
+        drift = (info.get("drift") or {}).get("litert") or {}
+        acc, fid = drift.get("accuracy") or {}, drift.get("fidelity") or {}
+        float_ops = sum(n for op, n in info["ops"].items() if "FLOAT32]" in op and "QUANTIZE" not in op)
+        rows.append(
+            (
+                str(artifact.path),
+                info["precision"],
+                info["input"]["dtype"],
+                f"{info['size_bytes'] / 1e6:.2f} MB",
+                "—" if not acc else f"{acc['top1']:.1%}",
+                "—" if "top1_drop_pp" not in drift else f"{drift['top1_drop_pp']:+.2f} pp",
+                "—" if not fid else f"{fid['top1_agreement']:.1%}",
+                str(float_ops),
+            )
+        )
+    columns = ("artifact", "precision", "input", "size", "top-1", "drop", "agreement", "float ops")
+    ui.show(ui.table("TFLite (run in LiteRT)", columns, rows))
+    ui.show(f"total time {elapsed:.1f} s")

