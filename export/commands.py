@@ -58,6 +58,28 @@ def summarize_onnx(result: OnnxExportResult, elapsed: float) -> None:
     ui.show(ui.table("ONNX export", ("", "value"), rows))
 
 
+def _calibration_plan(args: argparse.Namespace, preprocess, evaluate: bool):
+    """The calibration source `--calib` names, loaded and validated now (before the slow export), and
+    where to evaluate: `--eval`, else the calibration folder's images that calibration did not use."""
+    from quantize.calibration import FolderSource, calibration_source
+
+    source = calibration_source(args.calib, preprocess, args.calib_size, args.seed)
+    if args.calib is None:
+        ui.warn("no --calib: calibrating on built-in photographs; a set from your own data is more representative")
+    source.describe()
+    eval_dir, exclude = args.eval, frozenset()
+    if isinstance(source, FolderSource):
+        for note in source.notes:
+            ui.warn(note)
+        exclude = frozenset(source.chosen)  # never evaluate on calibration images
+        if eval_dir is None:
+            eval_dir = source.folder
+            if not source.unused:
+                ui.warn("every image of --calib was used for calibration; pass --eval DIR for an accuracy report")
+                evaluate = False
+    return source, eval_dir, exclude, evaluate
+
+
 def _check_quantize_options(args: argparse.Namespace) -> None:
     """Options that only mean something with --quantize are an error without it, not silently ignored."""
     if args.quantize:
@@ -87,7 +109,6 @@ def run_onnx(args: argparse.Namespace) -> int:
     source = None
     eval_dir, exclude, evaluate = args.eval, frozenset(), not args.no_eval
     if args.quantize:
-        from quantize.calibration import FolderSource, calibration_source
         from quantize.presets import DEFAULT_CALIBRATION, preset
 
         config = preset(
@@ -95,19 +116,7 @@ def run_onnx(args: argparse.Namespace) -> int:
             calibration=args.calibration or DEFAULT_CALIBRATION,
             exclude=tuple(args.exclude),
         )
-        source = calibration_source(args.calib, loaded.preprocess, args.calib_size, args.seed)
-        if args.calib is None:
-            ui.warn("no --calib: calibrating on built-in photographs; a set from your own data is more representative")
-        source.describe()  # load (and validate) the calibration images before the slow export
-        if isinstance(source, FolderSource):
-            for note in source.notes:
-                ui.warn(note)
-            exclude = frozenset(source.chosen)  # never evaluate on calibration images
-            if eval_dir is None:
-                eval_dir = source.folder
-                if not source.unused:
-                    ui.warn("every image of --calib was used for calibration; pass --eval DIR for an accuracy report")
-                    evaluate = False
+        source, eval_dir, exclude, evaluate = _calibration_plan(args, loaded.preprocess, evaluate)
     options = OnnxExportOptions(
         out_dir=args.out,
         opset=args.opset or DEFAULT_OPSET,
@@ -181,24 +190,10 @@ def run_tflite(args: argparse.Namespace) -> int:
     loaded = _load(args)
     calibration, eval_dir, exclude, evaluate = None, args.eval, frozenset(), not args.no_eval
     if args.quantize == "int8":
-        from quantize.calibration import FolderSource, calibration_source
-
-        source = calibration_source(
-            args.calib, input_preprocess(loaded.preprocess, args.io), args.calib_size, args.seed
+        source, eval_dir, exclude, evaluate = _calibration_plan(
+            args, input_preprocess(loaded.preprocess, args.io), evaluate
         )
-        if args.calib is None:
-            ui.warn("no --calib: calibrating on built-in photographs; a set from your own data is more representative")
-        describe = source.describe()
-        calibration = {"arrays": np.concatenate(list(source.batches())), "describe": describe}
-        if isinstance(source, FolderSource):
-            for note in source.notes:
-                ui.warn(note)
-            exclude = frozenset(source.chosen)
-            if eval_dir is None:
-                eval_dir = source.folder
-                if not source.unused:
-                    ui.warn("every image of --calib was used for calibration; pass --eval DIR for an accuracy report")
-                    evaluate = False
+        calibration = {"arrays": np.concatenate(list(source.batches())), "describe": source.describe()}
     reference = export_onnx(
         loaded,
         OnnxExportOptions(
