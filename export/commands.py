@@ -209,7 +209,6 @@ def run_tflite(args: argparse.Namespace) -> int:
         calibration=calibration,
         eval_set=reference.eval_set,
         fp32_logits=reference.eval_logits,
-        eval_paths=reference.eval_set.paths if reference.eval_set else None,
     )
     _summarize_tflite(result, time.perf_counter() - started)
     return 0

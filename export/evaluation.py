@@ -83,6 +83,26 @@ def predict(runner: Runner, inputs: np.ndarray, description: str, batch_size: in
     return np.concatenate(chunks).astype(np.float32) if chunks else np.zeros((0, 0), np.float32)
 
 
+def check_logits_match(expected: np.ndarray, got: np.ndarray, relative: float, what: str, path: Path) -> dict:
+    """Max |expected - got| on logits must stay within `relative` x the logit range, else a ToolkitError
+    naming `what` disagreed; returns the figures for the artifact's `validation` record."""
+    logit_range = float(expected.max() - expected.min())
+    max_err = float(np.abs(expected - got).max())
+    limit = relative * max(logit_range, 1e-6)
+    if max_err > limit:
+        raise ToolkitError(
+            f"{what}: max logit error {max_err:.3g} > {limit:.3g} ({relative:g} x logit range {logit_range:.3g})",
+            path,
+        )
+    return {
+        "images": len(expected),
+        "max_abs_logit_diff": max_err,
+        "logit_range": logit_range,
+        "tolerance": limit,
+        "passed": True,
+    }
+
+
 def softmax(logits: np.ndarray) -> np.ndarray:
     shifted = logits.astype(np.float64) - logits.max(axis=1, keepdims=True)
     exp = np.exp(shifted)

@@ -18,7 +18,16 @@ import torch
 from export import __version__, paths
 from export.artifacts import publish, set_onnx_metadata, sidecar_path, staging_dir, write_json
 from export.errors import ToolkitError, one_line
-from export.evaluation import EvalSet, accuracy, fidelity, load_eval_folder, load_eval_set, predict, round_floats
+from export.evaluation import (
+    EvalSet,
+    accuracy,
+    check_logits_match,
+    fidelity,
+    load_eval_folder,
+    load_eval_set,
+    predict,
+    round_floats,
+)
 from export.images import list_images
 from export.lrn import ONNX_TRANSLATIONS
 from export.runtime import OnnxRunner, throughput_runner
@@ -168,23 +177,7 @@ def validate_against_torch(model: torch.nn.Module, onnx_path: Path, inputs: np.n
     """ONNX Runtime vs PyTorch on real images; raises when the error exceeds the tolerance."""
     expected = _torch_logits(model, inputs)
     got = OnnxRunner(onnx_path)(inputs)
-    logit_range = float(expected.max() - expected.min())
-    max_err = float(np.abs(expected - got).max())
-    limit = VALIDATION_TOLERANCE * max(logit_range, 1e-6)
-    result = {
-        "images": len(inputs),
-        "max_abs_logit_diff": max_err,
-        "logit_range": logit_range,
-        "tolerance": limit,
-        "passed": max_err <= limit,
-    }
-    if not result["passed"]:
-        raise ToolkitError(
-            f"exported ONNX disagrees with PyTorch: max logit error {max_err:.3g} > {limit:.3g} "
-            f"(1e-4 x logit range {logit_range:.3g})",
-            onnx_path,
-        )
-    return result
+    return check_logits_match(expected, got, VALIDATION_TOLERANCE, "exported ONNX disagrees with PyTorch", onnx_path)
 
 
 def default_eval_dir(loaded: LoadedModel) -> Path | None:

@@ -13,7 +13,7 @@ import os
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +21,7 @@ import numpy as np
 from export import __version__
 from export.artifacts import publish, sidecar_path, staging_dir, write_json
 from export.errors import ToolkitError, one_line
-from export.evaluation import EvalSet, load_eval_set, round_floats
+from export.evaluation import EvalSet, accuracy, check_logits_match, load_eval_set, round_floats
 from export.preprocess import Preprocess
 from export.runtime import TfliteRunner, tflite_op_histogram
 from export.sample_images import validation_photos
@@ -140,12 +140,7 @@ def verify_fp32(path: Path, onnx_path: Path, inputs_nchw: np.ndarray) -> dict:
 
     expected = OnnxRunner(onnx_path)(inputs_nchw)
     got = TfliteRunner(path)(inputs_nchw.transpose(0, 2, 3, 1))
-    logit_range = float(expected.max() - expected.min())
-    max_err = float(np.abs(expected - got).max())
-    limit = TFLITE_TOLERANCE * max(logit_range, 1e-6)
-    if max_err > limit:
-        raise ToolkitError(f"TFLite fp32 disagrees with ONNX: max logit error {max_err:.3g} > {limit:.3g}", path)
-    return {"images": len(inputs_nchw), "max_abs_logit_diff": max_err, "logit_range": logit_range, "passed": True}
+    return check_logits_match(expected, got, TFLITE_TOLERANCE, "TFLite fp32 disagrees with ONNX", path)
 
 
 def _io_details(path: Path) -> dict:
@@ -171,7 +166,6 @@ def export_tflite(
     calibration: dict | None = None,
     eval_set: EvalSet | None = None,
     fp32_logits: np.ndarray | None = None,
-    eval_paths: list[Path] | None = None,
 ) -> TfliteExportResult:
     """Write `googlenet.tflite` and, with `quantize`, `googlenet.<mode>.tflite`, each verified in LiteRT.
 
@@ -216,12 +210,12 @@ def export_tflite(
             if mode == "int8" and calibration:
                 info["calibration"] = calibration["describe"]
             if eval_set is not None and fp32_logits is not None and len(eval_set):
-                inputs = _inputs_for(eval_set, eval_paths, preprocess, loaded)
+                inputs = _inputs_for(eval_set, preprocess, loaded)
                 label = f"Evaluating TFLite {mode or 'fp32'}"
                 info["drift"] = {
                     "eval": {"images": len(eval_set)},
-                    "fp32": {"accuracy": _accuracy(fp32_logits, eval_set)},
-                    "litert": measure(TfliteRunner(staged), _with_inputs(eval_set, inputs), fp32_logits, label),
+                    "fp32": {"accuracy": accuracy(fp32_logits, eval_set.labels)},
+                    "litert": measure(TfliteRunner(staged), replace(eval_set, inputs=inputs), fp32_logits, label),
                 }
             info = round_floats(info)
             info["preprocess"] = preprocess.to_dict()
@@ -244,19 +238,9 @@ def export_tflite(
     return result
 
 
-def _accuracy(logits: np.ndarray, eval_set: EvalSet):
-    from export.evaluation import accuracy
-
-    return accuracy(logits, eval_set.labels)
-
-
-def _inputs_for(eval_set: EvalSet, paths: list[Path] | None, preprocess: Preprocess, loaded: LoadedModel):
+def _inputs_for(eval_set: EvalSet, preprocess: Preprocess, loaded: LoadedModel):
     """The eval images in this artifact's input convention (NHWC; raw pixels for uint8 I/O)."""
     if preprocess == loaded.preprocess.with_layout("NHWC"):
         return eval_set.inputs.transpose(0, 2, 3, 1)
-    again = load_eval_set(paths or eval_set.paths, None, preprocess, None, "Loading eval images (raw pixels)")
+    again = load_eval_set(eval_set.paths, None, preprocess, None, "Loading eval images (raw pixels)")
     return again.inputs
-
-
-def _with_inputs(eval_set: EvalSet, inputs: np.ndarray) -> EvalSet:
-    return EvalSet(eval_set.paths, inputs, eval_set.labels, eval_set.unreadable, eval_set.skipped_non_images)

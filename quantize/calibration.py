@@ -42,6 +42,12 @@ def _hash_names(names: Iterable[str]) -> str:
     return digest.hexdigest()
 
 
+def _batches(data: np.ndarray, size: int) -> Iterator[np.ndarray]:
+    """Consecutive slices of `size` images (the last may be shorter)."""
+    for start in range(0, len(data), size):
+        yield data[start : start + size]
+
+
 def _check_size(size: int) -> None:
     if size < 1:
         raise ToolkitError(f"--calib-size must be at least 1 (got {size})")
@@ -124,9 +130,7 @@ class FolderSource:
         return self._cache
 
     def batches(self) -> Iterator[np.ndarray]:
-        data = self.arrays()
-        for start in range(0, len(data), self.batch_size):
-            yield data[start : start + self.batch_size]
+        return _batches(self.arrays(), self.batch_size)
 
     def describe(self) -> dict:
         self.arrays()
@@ -170,8 +174,7 @@ class ArraySource:
         self.array = array.astype(np.float32, copy=False)
 
     def batches(self) -> Iterator[np.ndarray]:
-        for start in range(0, len(self.array), self.batch_size):
-            yield self.array[start : start + self.batch_size]
+        return _batches(self.array, self.batch_size)
 
     def describe(self) -> dict:
         return {
@@ -269,9 +272,7 @@ class BuiltinPhotosSource:
         return self._cache
 
     def batches(self) -> Iterator[np.ndarray]:
-        data = self.arrays()
-        for start in range(0, len(data), self.batch_size):
-            yield data[start : start + self.batch_size]
+        return _batches(self.arrays(), self.batch_size)
 
     def describe(self) -> dict:
         return {
