@@ -9,11 +9,14 @@ export again.
 from __future__ import annotations
 
 import os
+import struct
 import subprocess
 import sys
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -179,3 +182,17 @@ def ten_class_dynamic_export(
         out_dir,
     )
     return result, out_dir
+
+
+def write_png16_rgb(path: Path, rgb16: np.ndarray) -> None:
+    """A 16-bit-per-channel RGB PNG (Pillow cannot write one): IHDR bit depth 16, colour type 2."""
+    height, width, _ = rgb16.shape
+    raw = b"".join(b"\x00" + rgb16[row].astype(">u2").tobytes() for row in range(height))
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 16, 2, 0, 0, 0)
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b"")
+    )

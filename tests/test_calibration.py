@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import hashlib
 import os
-import struct
-import zlib
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import write_png16_rgb
 from PIL import Image
 
 from export.errors import ToolkitError
@@ -63,20 +62,6 @@ def write_crops(folder: Path, photos: list[Image.Image], count: int, start: int 
         photo.crop((left, top, left + side, top + side)).resize((96, 96)).save(path, quality=90)
         written.append(path)
     return written
-
-
-def write_png16_rgb(path: Path, rgb16: np.ndarray) -> None:
-    """A 16-bit-per-channel RGB PNG (Pillow cannot write one): IHDR bit depth 16, colour type 2."""
-    height, width, _ = rgb16.shape
-    raw = b"".join(b"\x00" + rgb16[row].astype(">u2").tobytes() for row in range(height))
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    header = struct.pack(">IIBBBBB", width, height, 16, 2, 0, 0, 0)
-    path.write_bytes(
-        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b"")
-    )
 
 
 def write_truncated_jpeg(path: Path, photo: Image.Image) -> None:
