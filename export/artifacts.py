@@ -78,3 +78,44 @@ def read_onnx_metadata(path: Path) -> dict[str, str]:
     except Exception as exc:
         raise ToolkitError(f"not a readable ONNX model ({one_line(exc)})", path) from None
     return {p.key: p.value for p in model.metadata_props}
+
+
+TFLITE_METADATA_NAME = "googlenet_edge"
+
+
+def set_tflite_metadata(path: Path, values: dict[str, object]) -> None:
+    """Embed `values` as one JSON entry of the flatbuffer's `metadata` (name `googlenet_edge`), in place.
+
+    Uses only ai-edge-litert's flatbuffer tools; interpreters ignore metadata names they do not know.
+    """
+    import numpy as np
+    from ai_edge_litert import schema_py_generated as schema
+    from ai_edge_litert.tools import flatbuffer_utils
+
+    model = flatbuffer_utils.read_model(str(path))
+    payload = json.dumps(values, sort_keys=True, allow_nan=False).encode("utf-8")
+    buffer = schema.BufferT()
+    buffer.data = np.frombuffer(payload, dtype=np.uint8)
+    model.buffers.append(buffer)
+    entry = schema.MetadataT()
+    entry.name = TFLITE_METADATA_NAME.encode()
+    entry.buffer = len(model.buffers) - 1
+    model.metadata = [m for m in (model.metadata or []) if m.name != entry.name] + [entry]
+    tmp = path.with_name(f".{path.name}.tmp")
+    flatbuffer_utils.write_model(model, str(tmp))
+    os.replace(tmp, path)
+
+
+def read_tflite_metadata(path: Path) -> dict:
+    """The toolkit's JSON metadata of a `.tflite` file ({} when it has none)."""
+    from ai_edge_litert.tools import flatbuffer_utils
+
+    try:
+        model = flatbuffer_utils.read_model(str(path))
+    except Exception as exc:
+        raise ToolkitError(f"not a readable TFLite model ({one_line(exc)})", path) from None
+    for entry in model.metadata or []:
+        name = entry.name.decode() if isinstance(entry.name, bytes) else entry.name
+        if name == TFLITE_METADATA_NAME:
+            return json.loads(bytes(model.buffers[entry.buffer].data).decode("utf-8"))
+    return {}

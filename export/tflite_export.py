@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from export import __version__
-from export.artifacts import publish, sidecar_path, staging_dir, write_json
+from export.artifacts import publish, set_tflite_metadata, sidecar_path, staging_dir, write_json
 from export.errors import ToolkitError, one_line
 from export.evaluation import EvalSet, accuracy, check_logits_match, load_eval_set, round_floats
 from export.preprocess import Preprocess
@@ -221,6 +221,7 @@ def export_tflite(
             info["preprocess"] = preprocess.to_dict()
             info["labels"] = loaded.labels.to_dict()
             info["artifact"] = staged.name
+            set_tflite_metadata(staged, _embedded_metadata(info))
             info["size_bytes"] = staged.stat().st_size
             info["sha256"] = file_sha256(staged)
             write_json(sidecar_path(staged), info)
@@ -244,3 +245,28 @@ def _inputs_for(eval_set: EvalSet, preprocess: Preprocess, loaded: LoadedModel):
         return eval_set.inputs.transpose(0, 2, 3, 1)
     again = load_eval_set(eval_set.paths, None, preprocess, None, "Loading eval images (raw pixels)")
     return again.inputs
+
+
+EMBEDDED_KEYS = (
+    "arch",
+    "num_classes",
+    "weights",
+    "weights_format",
+    "weights_sha256",
+    "params",
+    "macs",
+    "precision",
+    "io",
+)
+
+
+def _embedded_metadata(info: dict) -> dict:
+    """What travels inside the .tflite: how to feed it, what its outputs mean, and the FP32 baseline."""
+    embedded = {k: info[k] for k in EMBEDDED_KEYS if k in info}
+    embedded.update(preprocess=info["preprocess"], labels=info["labels"], producer=info["producer"])
+    drift = info.get("drift") or {}
+    if drift.get("fp32"):
+        embedded["fp32_baseline"] = {"eval": drift["eval"], **drift["fp32"]}
+    if "litert" in drift:
+        embedded["accuracy"] = drift["litert"].get("accuracy")
+    return embedded

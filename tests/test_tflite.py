@@ -13,6 +13,7 @@ from export.errors import ToolkitError
 from export.evaluation import accuracy, fidelity, load_eval_set
 from export.images import list_images
 from export.runtime import OnnxRunner, TfliteRunner, tflite_op_histogram
+from export.weights import file_sha256
 
 pytest.importorskip("tensorflow", reason="the TFLite converter is the optional extra: pip install -e '.[tflite]'")
 
@@ -93,6 +94,25 @@ def test_int8_drift_and_size(tflite_run) -> None:
     assert litert["fidelity"]["top1_agreement"] >= 0.97
     assert info["size_ratio"] <= 0.26
     assert info["calibration"]["images"] == 100
+
+
+def test_metadata_travels_inside_the_tflite_files(tflite_run) -> None:
+    """Preprocessing, labels and the FP32 baseline are embedded, equal to the sidecar, and LiteRT still loads."""
+    from export.artifacts import read_tflite_metadata
+    from export.preprocess import Preprocess
+
+    out, _ = tflite_run
+    for name in ("googlenet.tflite", "googlenet.int8.tflite"):
+        embedded = read_tflite_metadata(out / name)
+        sidecar = json.loads((out / f"{name}.json").read_text())
+        assert embedded["preprocess"] == sidecar["preprocess"]
+        assert Preprocess.from_dict(embedded["preprocess"]).layout == "NHWC"
+        assert len(embedded["labels"]["names"]) == 1000 and embedded["labels"] == sidecar["labels"]
+        assert embedded["precision"] == sidecar["precision"] and embedded["weights_sha256"]
+        assert embedded["fp32_baseline"]["accuracy"] == sidecar["drift"]["fp32"]["accuracy"]
+        assert embedded["fp32_baseline"]["eval"]["images"] == 400
+        assert sidecar["sha256"] == file_sha256(out / name)
+    assert read_tflite_metadata(out / "googlenet.int8.tflite")["accuracy"]["top1"] > 0.7
 
 
 def test_int8_keeps_only_lrn_in_float(tflite_run) -> None:
