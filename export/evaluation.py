@@ -1,8 +1,11 @@
-"""Accuracy and FP32-vs-other fidelity on real images: the numbers every report in the toolkit shares."""
+"""Accuracy and FP32-vs-other fidelity on real images: the numbers every report in the toolkit shares.
+
+The metric functions live in `benchmarks.device_runner` (standalone, so a device computes exactly the same
+figures) and are re-exported here.
+"""
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -10,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks.device_runner import accuracy, fidelity, round_floats, softmax
 from export.errors import ToolkitError
 from export.images import list_images, preprocess_paths
 from export.labels import LabelSet, label_for_image
@@ -103,54 +107,5 @@ def check_logits_match(expected: np.ndarray, got: np.ndarray, relative: float, w
     }
 
 
-def softmax(logits: np.ndarray) -> np.ndarray:
-    shifted = logits.astype(np.float64) - logits.max(axis=1, keepdims=True)
-    exp = np.exp(shifted)
-    return exp / exp.sum(axis=1, keepdims=True)
-
-
-def accuracy(logits: np.ndarray, labels: np.ndarray) -> dict[str, float | int] | None:
-    """Top-1/top-5 over the labelled rows (None when nothing is labelled)."""
-    mask = labels >= 0
-    if not mask.any():
-        return None
-    top5 = np.argsort(-logits[mask], axis=1, kind="stable")[:, :5]
-    truth = labels[mask][:, None]
-    return {
-        "images": int(mask.sum()),
-        "top1": float((top5[:, 0:1] == truth).mean()),
-        "top5": float((top5 == truth).any(axis=1).mean()),
-    }
-
-
-def fidelity(reference: np.ndarray, candidate: np.ndarray) -> dict[str, float]:
-    """How closely `candidate` logits follow `reference` logits, image by image."""
-    ref_top5 = np.argsort(-reference, axis=1, kind="stable")[:, :5]
-    cand_top5 = np.argsort(-candidate, axis=1, kind="stable")[:, :5]
-    overlap = [len(set(a) & set(b)) / 5.0 for a, b in zip(ref_top5, cand_top5, strict=True)]
-    p, q = softmax(reference), softmax(candidate)
-    kl = (p * (np.log(np.clip(p, 1e-12, None)) - np.log(np.clip(q, 1e-12, None)))).sum(axis=1)
-    ref64, cand64 = reference.astype(np.float64), candidate.astype(np.float64)
-    cosine = (ref64 * cand64).sum(1) / (np.linalg.norm(ref64, axis=1) * np.linalg.norm(cand64, axis=1) + 1e-12)
-    logit_range = float(reference.max() - reference.min())
-    return {
-        "top1_agreement": float((ref_top5[:, 0] == cand_top5[:, 0]).mean()),
-        "top5_overlap": float(np.mean(overlap)),
-        "kl_mean": float(kl.mean()),
-        "cosine_mean": float(cosine.mean()),
-        "max_abs_logit_diff": float(np.abs(reference - candidate).max()),
-        "max_abs_prob_diff": float(np.abs(p - q).max()),
-        "logit_range": logit_range,
-    }
-
-
-def round_floats(data: object, digits: int = 7) -> object:
-    """Round floats in nested data to `digits` significant digits, so reports are stable and readable
-    while small figures (a KL of 3e-9) keep their meaning."""
-    if isinstance(data, float):
-        return float(f"{data:.{digits}g}") if math.isfinite(data) else data
-    if isinstance(data, dict):
-        return {k: round_floats(v, digits) for k, v in data.items()}
-    if isinstance(data, list | tuple):
-        return [round_floats(v, digits) for v in data]
-    return data
+__all__ = ["EvalSet", "accuracy", "check_logits_match", "fidelity", "load_eval_folder", "load_eval_set", "predict"]
+__all__ += ["round_floats", "softmax"]

@@ -2,74 +2,15 @@
 
 from __future__ import annotations
 
-import os
-import platform
 from functools import cache
-from importlib import metadata
-from pathlib import Path
 
-# ISA features that decide which int8/fp kernels a runtime can use.
-ISA_FLAGS = {
-    "avx2": "avx2",
-    "fma": "fma",
-    "avx512f": "avx512f",
-    "avx512_vnni": "avx512_vnni",
-    "avx_vnni": "avx_vnni",
-    "amx_int8": "amx_int8",
-    "asimd": "neon",
-    "asimddp": "dotprod",
-    "i8mm": "i8mm",
-    "sve": "sve",
-}
-
-
-def _cpuinfo() -> str:
-    try:
-        return Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        return ""
-
-
-def _field(text: str, *names: str) -> str | None:
-    for line in text.splitlines():
-        key, _, value = line.partition(":")
-        if key.strip() in names and value.strip():
-            return value.strip()
-    return None
-
-
-def device_model() -> str | None:
-    """Board name on a Raspberry Pi and other device-tree machines."""
-    try:
-        return Path("/proc/device-tree/model").read_bytes().rstrip(b"\0").decode(errors="replace") or None
-    except OSError:
-        return None
+from benchmarks import device_runner
 
 
 @cache
 def host_facts() -> dict:
-    text = _cpuinfo()
-    raw_flags = set((_field(text, "flags", "Features") or "").split())
-    isa = sorted({name for flag, name in ISA_FLAGS.items() if flag in raw_flags})
-    if platform.machine() in ("aarch64", "arm64") and "neon" not in isa:
-        isa.append("neon")  # mandatory on ARMv8-A even where cpuinfo says nothing
-    return {
-        "machine": platform.machine(),
-        "system": f"{platform.system()} {platform.release()}",
-        "cpu": _field(text, "model name", "Hardware", "Processor") or platform.processor() or "unknown",
-        "device": device_model(),
-        "cores": os.cpu_count(),
-        "isa": sorted(isa),
-        "python": platform.python_version(),
-        "runtimes": {name: _version(name) for name in ("onnxruntime", "ai-edge-litert", "numpy")},
-    }
-
-
-def _version(package: str) -> str | None:
-    try:
-        return metadata.version(package)
-    except metadata.PackageNotFoundError:
-        return None
+    """This machine's facts (computed once): the device runner's, so host and device reports match."""
+    return device_runner.host_facts()
 
 
 def has_vnni(facts: dict | None = None) -> bool:

@@ -8,6 +8,7 @@ from typing import Protocol
 
 import numpy as np
 
+from benchmarks.device_runner import OnnxSession, RunnerError, TfliteSession
 from export.errors import ToolkitError, one_line
 
 
@@ -17,36 +18,18 @@ class Runner(Protocol):
     def __call__(self, batch: np.ndarray) -> np.ndarray: ...
 
 
-class OnnxRunner:
+class OnnxRunner(OnnxSession):
     """An ONNX Runtime CPU session; `optimize=False` disables graph optimisations, which for a QDQ
     model means int8 arithmetic emulated in float (target-independent numbers)."""
 
     def __init__(self, path: str | Path, threads: int = 0, optimize: bool = True, workers: int = 1) -> None:
-        import onnxruntime as ort
-
         self.workers = workers  # how many batches `predict` may run at once (sessions are thread-safe)
-        options = ort.SessionOptions()
-        options.log_severity_level = 3
-        if threads:
-            options.intra_op_num_threads = threads
-            options.inter_op_num_threads = 1
-        if not optimize:
-            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
         try:
-            self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+            super().__init__(path, threads, optimize)
+        except RunnerError as exc:
+            raise ToolkitError(str(exc)) from None
         except Exception as exc:
             raise ToolkitError(f"ONNX Runtime cannot load the model ({one_line(exc)})", path) from None
-        self.input_name = self.session.get_inputs()[0].name
-        outputs = [o.name for o in self.session.get_outputs()]
-        self.output_name = "logits" if "logits" in outputs else outputs[0]
-        self.fixed_batch = self.session.get_inputs()[0].shape[0]
-
-    def __call__(self, batch: np.ndarray) -> np.ndarray:
-        if isinstance(self.fixed_batch, int) and batch.shape[0] != self.fixed_batch:
-            return np.concatenate(
-                [self(batch[i : i + self.fixed_batch]) for i in range(0, len(batch), self.fixed_batch)]
-            )
-        return self.session.run([self.output_name], {self.input_name: batch})[0]
 
 
 def throughput_runner(path: str | Path, optimize: bool = True) -> OnnxRunner:
@@ -63,53 +46,19 @@ def run_batches(runner: Runner, inputs: np.ndarray, batch_size: int = 16) -> np.
     return np.concatenate([runner(inputs[i : i + batch_size]) for i in range(0, len(inputs), batch_size)])
 
 
-def _litert_interpreter():
-    """ai-edge-litert (maintained); the abandoned tflite-runtime only as a fallback."""
-    try:
-        from ai_edge_litert.interpreter import Interpreter
-    except ImportError:  # pragma: no cover - depends on what is installed
-        try:
-            from tflite_runtime.interpreter import Interpreter
-        except ImportError:
-            raise ToolkitError("no TFLite runtime: pip install ai-edge-litert") from None
-    return Interpreter
-
-
-class TfliteRunner:
+class TfliteRunner(TfliteSession):
     """A LiteRT interpreter; takes float batches in the artifact's own preprocessing (NHWC) and returns
     float logits, quantizing the input and dequantizing the output where the model's I/O is integer."""
 
     workers = 1  # an interpreter is not thread-safe
 
     def __init__(self, path: str | Path, threads: int | None = None) -> None:
-        interpreter_class = _litert_interpreter()
         try:
-            self.interpreter = interpreter_class(model_path=str(path), num_threads=threads)
-            self.interpreter.allocate_tensors()
+            super().__init__(path, threads)
+        except RunnerError as exc:
+            raise ToolkitError(str(exc)) from None
         except Exception as exc:
             raise ToolkitError(f"LiteRT cannot load the model ({one_line(exc)})", path) from None
-        self.input = self.interpreter.get_input_details()[0]
-        self.output = self.interpreter.get_output_details()[0]
-
-    def _quantize(self, image: np.ndarray) -> np.ndarray:
-        dtype = self.input["dtype"]
-        if dtype == np.float32:
-            return image.astype(np.float32)
-        scale, zero_point = self.input["quantization"]
-        info = np.iinfo(dtype)
-        return np.clip(np.round(image / scale + zero_point), info.min, info.max).astype(dtype)
-
-    def __call__(self, batch: np.ndarray) -> np.ndarray:
-        outputs = []
-        for image in batch:
-            self.interpreter.set_tensor(self.input["index"], self._quantize(image)[None])
-            self.interpreter.invoke()
-            logits = self.interpreter.get_tensor(self.output["index"])[0]
-            if self.output["dtype"] != np.float32:
-                scale, zero_point = self.output["quantization"]
-                logits = (logits.astype(np.float32) - zero_point) * scale
-            outputs.append(np.asarray(logits, dtype=np.float32))
-        return np.stack(outputs)
 
 
 def tflite_op_histogram(path: str | Path) -> dict[str, int]:

@@ -1,0 +1,504 @@
+"""Measure a model the same way on the host and on a device (Raspberry Pi, a phone with Python).
+
+Standalone on purpose: Python >= 3.9, numpy, and onnxruntime or ai-edge-litert; no other file of this
+repository. The host benchmark runs `measure` in a fresh subprocess per artifact (so the peak RSS is that
+model's own) and takes its accuracy metrics from here; `python -m benchmarks bundle` ships this file as
+`run.py`, where `main()` validates the bundle and writes `results-<hostname>.json` in the report schema.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import os
+import platform
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+SCHEMA_VERSION = 1
+MANIFEST = "manifest.json"
+
+# ISA features that decide which int8/fp kernels a runtime can use (cpuinfo flag -> reported name).
+ISA_FLAGS = {
+    "avx2": "avx2",
+    "fma": "fma",
+    "avx512f": "avx512f",
+    "avx512_vnni": "avx512_vnni",
+    "avx_vnni": "avx_vnni",
+    "amx_int8": "amx_int8",
+    "asimd": "neon",
+    "asimddp": "dotprod",
+    "i8mm": "i8mm",
+    "sve": "sve",
+}
+
+
+class RunnerError(Exception):
+    """Bad input (a corrupted bundle, a missing file, an unknown format): one line, exit 2."""
+
+
+# ---------------------------------------------------------------- metrics (shared with the host reports)
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = logits.astype(np.float64) - logits.max(axis=1, keepdims=True)
+    exp = np.exp(shifted)
+    return exp / exp.sum(axis=1, keepdims=True)
+
+
+def accuracy(logits: np.ndarray, labels: np.ndarray) -> dict | None:
+    """Top-1/top-5 over the labelled rows (None when nothing is labelled)."""
+    mask = labels >= 0
+    if not mask.any():
+        return None
+    top5 = np.argsort(-logits[mask], axis=1, kind="stable")[:, :5]
+    truth = labels[mask][:, None]
+    return {
+        "images": int(mask.sum()),
+        "top1": float((top5[:, 0:1] == truth).mean()),
+        "top5": float((top5 == truth).any(axis=1).mean()),
+    }
+
+
+def fidelity(reference: np.ndarray, candidate: np.ndarray) -> dict:
+    """How closely `candidate` logits follow `reference` logits, image by image."""
+    ref_top5 = np.argsort(-reference, axis=1, kind="stable")[:, :5]
+    cand_top5 = np.argsort(-candidate, axis=1, kind="stable")[:, :5]
+    overlap = [len(set(a) & set(b)) / 5.0 for a, b in zip(ref_top5, cand_top5)]
+    p, q = softmax(reference), softmax(candidate)
+    kl = (p * (np.log(np.clip(p, 1e-12, None)) - np.log(np.clip(q, 1e-12, None)))).sum(axis=1)
+    ref64, cand64 = reference.astype(np.float64), candidate.astype(np.float64)
+    cosine = (ref64 * cand64).sum(1) / (np.linalg.norm(ref64, axis=1) * np.linalg.norm(cand64, axis=1) + 1e-12)
+    return {
+        "top1_agreement": float((ref_top5[:, 0] == cand_top5[:, 0]).mean()),
+        "top5_overlap": float(np.mean(overlap)),
+        "kl_mean": float(kl.mean()),
+        "cosine_mean": float(cosine.mean()),
+        "max_abs_logit_diff": float(np.abs(reference - candidate).max()),
+        "max_abs_prob_diff": float(np.abs(p - q).max()),
+        "logit_range": float(reference.max() - reference.min()),
+    }
+
+
+def round_floats(data: object, digits: int = 7) -> object:
+    """Round floats to `digits` significant digits: stable, readable reports where a KL of 3e-9 keeps its meaning."""
+    if isinstance(data, float):
+        return float(f"{data:.{digits}g}") if math.isfinite(data) else data
+    if isinstance(data, dict):
+        return {k: round_floats(v, digits) for k, v in data.items()}
+    if isinstance(data, (list, tuple)):
+        return [round_floats(v, digits) for v in data]
+    return data
+
+
+def accuracy_block(logits: np.ndarray, labels: np.ndarray, reference: np.ndarray | None, name: str | None) -> dict:
+    """The report's `accuracy` entry: top-1/top-5 and, against the reference logits, agreement and drift."""
+    block: dict = {"images": len(logits)}
+    own = accuracy(logits, labels)
+    if own:
+        block.update(top1=own["top1"], top5=own["top5"], labelled=own["images"])
+    if reference is not None:
+        vs = fidelity(reference, logits)
+        entry = {"reference": name, **{k: vs[k] for k in ("top1_agreement", "top5_overlap", "kl_mean", "cosine_mean")}}
+        ref_acc = accuracy(reference, labels)
+        if ref_acc and own:
+            entry["top1_drop_pp"] = 100.0 * (ref_acc["top1"] - own["top1"])
+            entry["top5_drop_pp"] = 100.0 * (ref_acc["top5"] - own["top5"])
+        block["vs_reference"] = entry
+    return block
+
+
+# ---------------------------------------------------------------- host facts
+
+
+def _cpuinfo() -> str:
+    try:
+        return Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return ""
+
+
+def _field(text: str, *names: str) -> str | None:
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in names and value.strip():
+            return value.strip()
+    return None
+
+
+def device_model() -> str | None:
+    """Board name on a Raspberry Pi and other device-tree machines."""
+    try:
+        return Path("/proc/device-tree/model").read_bytes().rstrip(b"\0").decode(errors="replace") or None
+    except OSError:
+        return None
+
+
+def _version(package: str) -> str | None:
+    from importlib import metadata
+
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def host_facts() -> dict:
+    """CPU, cores, the ISA flags that decide int8 kernels, OS and runtime versions."""
+    text = _cpuinfo()
+    raw_flags = set((_field(text, "flags", "Features") or "").split())
+    isa = sorted({name for flag, name in ISA_FLAGS.items() if flag in raw_flags})
+    if platform.machine() in ("aarch64", "arm64") and "neon" not in isa:
+        isa.append("neon")  # mandatory on ARMv8-A even where cpuinfo says nothing
+    return {
+        "hostname": socket.gethostname(),
+        "machine": platform.machine(),
+        "system": f"{platform.system()} {platform.release()}",
+        "cpu": _field(text, "model name", "Hardware", "Processor") or platform.processor() or "unknown",
+        "device": device_model(),
+        "cores": os.cpu_count(),
+        "isa": sorted(isa),
+        "python": platform.python_version(),
+        "runtimes": {name: _version(name) for name in ("onnxruntime", "ai-edge-litert", "tflite-runtime", "numpy")},
+    }
+
+
+# ---------------------------------------------------------------- sessions
+
+
+def litert_interpreter_class():
+    """ai-edge-litert (maintained); the abandoned tflite-runtime only as a fallback."""
+    try:
+        from ai_edge_litert.interpreter import Interpreter
+    except ImportError:
+        try:
+            from tflite_runtime.interpreter import Interpreter
+        except ImportError:
+            raise RunnerError("no TFLite runtime: pip install ai-edge-litert") from None
+    return Interpreter
+
+
+class OnnxSession:
+    """An ONNX Runtime CPU session; `optimize=False` runs a QDQ model's int8 arithmetic emulated in float."""
+
+    def __init__(self, path: str | Path, threads: int = 0, optimize: bool = True) -> None:
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            raise RunnerError("no ONNX runtime: pip install onnxruntime") from None
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        if threads:
+            options.intra_op_num_threads = threads
+            options.inter_op_num_threads = 1
+        if not optimize:
+            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        self.input_name = self.session.get_inputs()[0].name
+        outputs = [o.name for o in self.session.get_outputs()]
+        self.output_name = "logits" if "logits" in outputs else outputs[0]
+        self.fixed_batch = self.session.get_inputs()[0].shape[0]
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        if isinstance(self.fixed_batch, int) and batch.shape[0] != self.fixed_batch:
+            step = self.fixed_batch
+            return np.concatenate([self(batch[i : i + step]) for i in range(0, len(batch), step)])
+        return self.session.run([self.output_name], {self.input_name: batch})[0]
+
+
+class TfliteSession:
+    """A LiteRT interpreter taking float batches in the artifact's preprocessing (NHWC); integer I/O is
+    quantized on the way in and dequantized on the way out, so every model returns float logits."""
+
+    def __init__(self, path: str | Path, threads: int | None = None) -> None:
+        self.interpreter = litert_interpreter_class()(model_path=str(path), num_threads=threads)
+        self.interpreter.allocate_tensors()
+        self.input = self.interpreter.get_input_details()[0]
+        self.output = self.interpreter.get_output_details()[0]
+
+    def _quantize(self, image: np.ndarray) -> np.ndarray:
+        dtype = self.input["dtype"]
+        if dtype == np.float32:
+            return image.astype(np.float32)
+        scale, zero_point = self.input["quantization"]
+        info = np.iinfo(dtype)
+        return np.clip(np.round(image / scale + zero_point), info.min, info.max).astype(dtype)
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        outputs = []
+        for image in batch:
+            self.interpreter.set_tensor(self.input["index"], self._quantize(image)[None])
+            self.interpreter.invoke()
+            logits = self.interpreter.get_tensor(self.output["index"])[0]
+            if self.output["dtype"] != np.float32:
+                scale, zero_point = self.output["quantization"]
+                logits = (logits.astype(np.float32) - zero_point) * scale
+            outputs.append(np.asarray(logits, dtype=np.float32))
+        return np.stack(outputs)
+
+
+def open_session(path: str | Path, threads: int = 0, emulate: bool = False):
+    """A callable batch -> float logits for a `.onnx` (ONNX Runtime) or `.tflite` (LiteRT) file."""
+    suffix = Path(path).suffix.lower()
+    try:
+        if suffix == ".onnx":
+            return OnnxSession(path, threads, optimize=not emulate)
+        if suffix == ".tflite":
+            return TfliteSession(path, threads or None)
+    except RunnerError:
+        raise
+    except Exception as exc:
+        first = next((line for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+        raise RunnerError(f"{path}: the runtime cannot load the model ({first.strip()[:200]})") from None
+    raise RunnerError(f"{path}: unknown model format (expected .onnx or .tflite)")
+
+
+def predict(session, inputs: np.ndarray, batch_size: int = 16) -> np.ndarray:
+    return np.concatenate([session(inputs[i : i + batch_size]) for i in range(0, len(inputs), batch_size)])
+
+
+# ---------------------------------------------------------------- latency and memory
+
+
+def latency_stats(times_ms: list[float]) -> dict:
+    """Median / p90 / p99 / mean / std / min / max (ms) over the timed runs."""
+    values = np.asarray(times_ms, dtype=np.float64)
+    p50, p90, p99 = np.percentile(values, [50, 90, 99])
+    return {
+        "median": float(p50),
+        "p90": float(p90),
+        "p99": float(p99),
+        "mean": float(values.mean()),
+        "std": float(values.std()),
+        "min": float(values.min()),
+        "max": float(values.max()),
+        "runs": len(values),
+    }
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident set size so far, in MiB."""
+    import resource
+
+    maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return maxrss / 1048576.0 if sys.platform == "darwin" else maxrss / 1024.0  # bytes on macOS, KiB elsewhere
+
+
+def measure(path: str | Path, sample: np.ndarray, threads: list[int], runs: int, warmup: int) -> dict:
+    """Load time, first inference and latency percentiles per thread count, and the process's peak RSS.
+
+    Meant to run in a fresh process: the peak RSS then is the runtime plus this one model.
+    """
+    baseline = peak_rss_mb()
+    per_threads: dict[str, dict] = {}
+    load_ms = first_ms = None
+    for count in threads:
+        started = time.perf_counter()
+        session = open_session(path, count)
+        loaded = time.perf_counter()
+        session(sample)
+        first = time.perf_counter()
+        for _ in range(warmup):
+            session(sample)
+        times = []
+        for _ in range(runs):
+            t0 = time.perf_counter()
+            session(sample)
+            times.append((time.perf_counter() - t0) * 1000.0)
+        stats = latency_stats(times)
+        stats.update(load_ms=(loaded - started) * 1000.0, first_inference_ms=(first - loaded) * 1000.0)
+        per_threads[str(count)] = stats
+        if load_ms is None:
+            load_ms, first_ms = stats["load_ms"], stats["first_inference_ms"]
+        del session
+    best = min(per_threads, key=lambda t: per_threads[t]["median"])
+    return {
+        "load_ms": load_ms,
+        "first_inference_ms": first_ms,
+        "latency_ms": per_threads,
+        "throughput": {"threads": int(best), "images_per_s": 1000.0 / per_threads[best]["median"]},
+        "peak_rss_mb": peak_rss_mb(),
+        "baseline_rss_mb": baseline,
+    }
+
+
+def measure_in_subprocess(
+    path: str | Path, sample_npy: str | Path, threads: list[int], runs: int, warmup: int, timeout: float = 1800
+) -> dict:
+    """`measure` in a fresh Python process (this very file run as a script), its JSON read back."""
+    command = [sys.executable, str(Path(__file__).resolve()), "measure", str(path), str(sample_npy)]
+    command += ["--threads", ",".join(map(str, threads)), "--runs", str(runs), "--warmup", str(warmup)]
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS",)}
+    done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env)
+    if done.returncode != 0:
+        last = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        raise RunnerError(f"{path}: measurement failed ({last})")
+    return json.loads(done.stdout)
+
+
+# ---------------------------------------------------------------- the bundle
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def verify_bundle(root: Path) -> dict:
+    """The manifest, after checking every file it lists is present with its recorded sha256."""
+    manifest_path = root / MANIFEST
+    try:
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise RunnerError(f"{manifest_path}: not a readable bundle manifest ({exc})") from None
+    for name, expected in sorted(manifest.get("files", {}).items()):
+        path = root / name
+        if not path.is_file():
+            raise RunnerError(f"{path}: missing from the bundle; unpack it again")
+        if file_sha256(path) != expected:
+            raise RunnerError(f"{path}: corrupted (sha256 differs from the manifest); copy the bundle again")
+    return manifest
+
+
+def run_bundle(root: Path, threads: list[int], runs: int, warmup: int, only: list[str] | None = None) -> dict:
+    """Every model of the bundle: latency and memory in a subprocess each, accuracy on the bundled inputs."""
+    manifest = verify_bundle(root)
+    facts = host_facts()
+    device = facts["device"] or facts["hostname"]
+    labels = np.load(root / manifest["labels"]) if manifest.get("labels") else None
+    artifacts = []
+    for model in manifest["models"]:
+        if only and model["name"] not in only:
+            continue
+        print(f"measuring {model['name']} ({model['format']} {model['precision']}) ...", file=sys.stderr, flush=True)
+        inputs = np.load(root / model["inputs"])
+        entry = {k: v for k, v in model.items() if k not in ("inputs", "file", "expected")}
+        entry.update(path=model["file"], device=device)
+        entry.update(measure_in_subprocess(root / model["file"], root / model["sample"], threads, runs, warmup))
+        entry["accuracy"] = evaluate(root / model["file"], model, inputs, labels, root, manifest)
+        artifacts.append(entry)
+    settings = {"threads": threads, "runs": runs, "warmup": warmup, **manifest.get("settings", {})}
+    return round_floats({"schema_version": SCHEMA_VERSION, "host": facts, "settings": settings, "artifacts": artifacts})  # type: ignore[return-value]
+
+
+def evaluate(path: Path, model: dict, inputs: np.ndarray, labels, root: Path, manifest: dict) -> dict | None:
+    """Accuracy vs the labels and the FP32 reference outputs recorded on the host for the same inputs."""
+    if labels is None and not manifest.get("reference_outputs"):
+        return None
+    labels = labels if labels is not None else np.full(len(inputs), -1)
+    reference = np.load(root / manifest["reference_outputs"]) if manifest.get("reference_outputs") else None
+    logits = predict(open_session(path, 1), inputs)
+    block = accuracy_block(logits, labels, reference, manifest.get("reference"))
+    if model["format"] == "onnx" and model["precision"] == "int8":
+        emulated = predict(open_session(path, 1, emulate=True), inputs)
+        block["emulated"] = accuracy_block(emulated, labels, reference, manifest.get("reference"))
+    return block
+
+
+def print_table(report: dict) -> None:
+    """A plain table (no third-party library on the device)."""
+    columns = ("model", "precision", "size MB", "top-1", "drop pp", "agree", "ms p50", "threads", "peak MB")
+    rows = []
+    for a in report["artifacts"]:
+        acc = a.get("accuracy") or {}
+        vs = acc.get("vs_reference") or {}
+        best = str(a["throughput"]["threads"])
+        rows.append(
+            (
+                a["name"],
+                a["precision"],
+                f"{a['size_bytes'] / 1e6:.2f}",
+                f"{acc['top1']:.1%}" if "top1" in acc else "-",
+                f"{vs['top1_drop_pp']:+.2f}" if "top1_drop_pp" in vs else "-",
+                f"{vs['top1_agreement']:.1%}" if "top1_agreement" in vs else "-",
+                f"{a['latency_ms'][best]['median']:.1f}",
+                best,
+                f"{a['peak_rss_mb']:.0f}",
+            )
+        )
+    widths = [max(len(str(r[i])) for r in [columns, *rows]) for i in range(len(columns))]
+    for row in [columns, *rows]:
+        print("  ".join(str(v).ljust(w) if i == 0 else str(v).rjust(w) for i, (v, w) in enumerate(zip(row, widths))))
+
+
+def _thread_list(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--threads takes counts like 1,2 (got {text!r})") from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"--threads takes counts >= 1 like 1,2 (got {text!r})")
+    return values
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected at least 1, got {value}")
+    return value
+
+
+def _non_negative(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected 0 or more, got {value}")
+    return value
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line, exit 2
+        print(f"error: {message}", file=sys.stderr)
+        raise SystemExit(2)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _Parser(description="Benchmark the models of this bundle (or, with `measure`, one model).")
+    parser.add_argument("command", nargs="?", default="bundle", choices=("bundle", "measure"))
+    parser.add_argument("model", nargs="?", help="measure: the model file")
+    parser.add_argument("sample", nargs="?", help="measure: an .npy input batch in the model's preprocessing")
+    parser.add_argument("--threads", type=_thread_list, default=[1, 2], help="thread counts, e.g. 1,2,4")
+    parser.add_argument("--runs", type=_positive, default=50, help="timed runs per thread count")
+    parser.add_argument("--warmup", type=_non_negative, default=5, help="untimed runs before timing")
+    parser.add_argument("--bundle", type=Path, default=Path(__file__).resolve().parent, help="unpacked bundle")
+    parser.add_argument("--only", action="append", help="only this model file name (repeatable)")
+    parser.add_argument("--out", type=Path, help="results JSON (default results-<hostname>.json)")
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "measure":
+            if not args.model or not args.sample:
+                parser.error("measure needs MODEL and SAMPLE.npy")
+            sample = np.load(args.sample)
+            result = measure(args.model, sample, args.threads, args.runs, args.warmup)
+            print(json.dumps(result))
+            return 0
+        report = run_bundle(args.bundle, args.threads, args.runs, args.warmup, args.only)
+    except RunnerError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    out = args.out or Path(f"results-{socket.gethostname()}.json")
+    tmp = out.with_name(f".{out.name}.tmp")
+    tmp.write_text(json.dumps(report, indent=2, sort_keys=True, allow_nan=False) + "\n", encoding="utf-8")
+    os.replace(tmp, out)
+    print_table(report)
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
