@@ -14,6 +14,7 @@ from typing import Any, NoReturn
 
 from rich.console import Console
 
+from benchmarks import commands as cmd
 from export.errors import EXIT_USAGE, ToolkitError, one_line
 
 
@@ -78,6 +79,10 @@ def _run_macs(args: argparse.Namespace) -> int:
 
 COMMANDS: dict[str, Command] = {
     "macs": Command("count parameters and multiply-adds per Table 1 row", _configure_macs, _run_macs),
+    "run": Command("benchmark artifacts: size, MACs, memory, latency, accuracy", cmd.configure_run, cmd.run_run),
+    "gate": Command("pass/fail a report against thresholds (exit 1 on failure)", cmd.configure_gate, cmd.run_gate),
+    "compare": Command("what got better or worse between two reports", cmd.configure_compare, cmd.run_compare),
+    "schema": Command("print the report's JSON Schema", cmd.configure_schema, cmd.run_schema),
 }
 
 

@@ -15,7 +15,7 @@ T = TypeVar("T")
 def _console(stderr: bool = False) -> Console:
     """Wide enough for the report tables when writing to a log or a pipe (rich assumes 80 columns)."""
     probe = Console(stderr=stderr)
-    return probe if probe.is_terminal else Console(stderr=stderr, width=max(probe.width, 120))
+    return probe if probe.is_terminal else Console(stderr=stderr, width=max(probe.width, 160))
 
 
 console = _console()

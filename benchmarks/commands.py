@@ -1,0 +1,179 @@
+"""The `run`, `gate`, `compare` and `schema` subcommands: argument parsing and terminal output only."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from export import ui
+from export.errors import ToolkitError
+
+
+def thread_counts(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected thread counts like 1,2 (got {text!r})") from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected thread counts >= 1 like 1,2 (got {text!r})")
+    return sorted(set(values))
+
+
+def count(minimum: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number (got {text!r})") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum} (got {value})")
+        return value
+
+    return parse
+
+
+def configure_run(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("artifacts", nargs="*", type=Path, help="models or folders (default: artifacts/)")
+    parser.add_argument("--reference", type=Path, help="FP32 model to compare against (default: the FP32 ONNX)")
+    parser.add_argument("--eval", type=Path, help="labelled images (wnid file-name prefix or class sub-folders)")
+    parser.add_argument("--eval-size", type=count(1), help="a seeded stratified subset of --eval")
+    parser.add_argument("--threads", type=thread_counts, default=[1, 2], help="thread counts (default 1,2)")
+    parser.add_argument("--runs", type=count(1), default=50, help="timed runs per thread count (default 50)")
+    parser.add_argument("--warmup", type=count(0), default=5, help="untimed runs first (default 5)")
+    parser.add_argument("--layers", action="store_true", help="also store per-layer params/MACs in the report")
+    parser.add_argument("--out", type=Path, default=Path("artifacts/report.json"), help="report JSON path")
+    parser.add_argument("--plot", type=Path, nargs="?", const=True, help="also write a PNG (default: beside --out)")
+
+
+def run_run(args: argparse.Namespace) -> int:
+    from benchmarks.cli import write_json_atomic
+    from benchmarks.plot import plot_report
+    from benchmarks.run import RunOptions, report_table, run
+
+    if args.eval is not None and not args.eval.is_dir():
+        raise ToolkitError("evaluation folder not found", args.eval)
+    if args.plot is not None:
+        _require_matplotlib()
+    options = RunOptions(
+        artifacts=list(args.artifacts),
+        reference=args.reference,
+        eval_dir=args.eval,
+        eval_size=args.eval_size,
+        threads=args.threads,
+        runs=args.runs,
+        warmup=args.warmup,
+        layers=args.layers,
+    )
+    report = run(options)
+    ui.show(report_table(report))
+    write_json_atomic(args.out, report)
+    ui.show(f"wrote {args.out}")
+    if args.plot is not None:
+        target = args.out.with_suffix(".png") if args.plot is True else args.plot
+        ui.show(f"wrote {plot_report(report, target)}")
+    return 0
+
+
+def _require_matplotlib() -> None:
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        raise ToolkitError("--plot needs matplotlib: pip install -e '.[plot]'") from None
+
+
+def configure_gate(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("report", type=Path, help="report.json from `benchmarks run` (or `merge`)")
+    parser.add_argument("--max-top1-drop", type=float, metavar="PP", help="largest allowed top-1 drop (pp)")
+    parser.add_argument("--min-agreement", type=float, metavar="F", help="smallest top-1 agreement (0..1)")
+    parser.add_argument("--max-latency-ratio", type=float, metavar="R", help="median latency / the reference's")
+    parser.add_argument("--max-size-mb", type=float, metavar="M", help="largest file size (MB)")
+    parser.add_argument("--accuracy", choices=("emulated", "host"), help="int8 ONNX figures to judge")
+    parser.add_argument("--junit", type=Path, metavar="FILE", help="write JUnit XML")
+
+
+def run_gate(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from benchmarks.gate import judge, junit_xml, thresholds_from_pyproject
+    from benchmarks.report import load_report
+
+    if args.min_agreement is not None and not 0 <= args.min_agreement <= 1:
+        raise ToolkitError(f"--min-agreement is a fraction between 0 and 1 (got {args.min_agreement})")
+    report = load_report(args.report)
+    limits, source = thresholds_from_pyproject()
+    overrides = {
+        k: getattr(args, k)
+        for k in ("max_top1_drop", "min_agreement", "max_latency_ratio", "max_size_mb", "accuracy")
+        if getattr(args, k) is not None
+    }
+    limits = replace(limits, **overrides)
+    verdicts = judge(report, limits)
+    rows = [
+        (v.name, v.device, "pass" if v.passed else "FAIL", "; ".join(v.failures) or ", ".join(v.checked))
+        for v in verdicts
+    ]
+    settings = ", ".join(f"{k}={v}" for k, v in vars(limits).items() if v is not None)
+    ui.show(
+        ui.table(
+            f"Gate ({settings}{'; from ' + str(source) if source else ''})", ("artifact", "device", "", "why"), rows
+        )
+    )
+    if args.junit:
+        junit_xml(verdicts, args.junit)
+        ui.show(f"wrote {args.junit}")
+    for verdict in verdicts:
+        if not verdict.passed:
+            print(f"FAIL {verdict.name} [{verdict.device}]: {'; '.join(verdict.failures)}", file=sys.stderr)
+    return 0 if all(v.passed for v in verdicts) else 1
+
+
+def configure_compare(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("old", type=Path, help="the earlier report.json")
+    parser.add_argument("new", type=Path, help="the later report.json")
+    parser.add_argument("--json", type=Path, metavar="OUT", help="write the changes as JSON")
+    parser.add_argument("--all", action="store_true", help="also list metrics that stayed the same")
+
+
+def run_compare(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    from benchmarks.cli import write_json_atomic
+    from benchmarks.compare import compare
+    from benchmarks.report import load_report
+
+    changes = compare(load_report(args.old), load_report(args.new))
+    style = {"better": "[green]better[/green]", "worse": "[red]worse[/red]"}
+    shown = [c for c in changes if args.all or c.verdict != "same"]
+    rows = [(c.artifact, c.device, c.metric, _fmt(c.old), _fmt(c.new), style.get(c.verdict, c.verdict)) for c in shown]
+    counts = {v: sum(c.verdict == v for c in changes) for v in ("better", "worse", "same")}
+    title = f"{args.old} -> {args.new}: {counts['better']} better, {counts['worse']} worse, {counts['same']} same"
+    ui.show(ui.table(title, ("artifact", "device", "metric", "old", "new", ""), rows))
+    if args.json:
+        write_json_atomic(
+            args.json, {"old": str(args.old), "new": str(args.new), "changes": [asdict(c) for c in changes]}
+        )
+        ui.show(f"wrote {args.json}")
+    return 0
+
+
+def _fmt(value: float | None) -> str:
+    if value is None:
+        return "—"
+    return f"{value:,.0f}" if abs(value) >= 1e5 else f"{value:.4g}"
+
+
+def configure_schema(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", type=Path, help="write the JSON Schema to a file")
+
+
+def run_schema(args: argparse.Namespace) -> int:
+    from benchmarks.cli import write_json_atomic
+    from benchmarks.report import REPORT_SCHEMA
+
+    if args.out:
+        write_json_atomic(args.out, REPORT_SCHEMA)
+    else:
+        print(json.dumps(REPORT_SCHEMA, indent=2))
+    return 0

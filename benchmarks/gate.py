@@ -1,0 +1,154 @@
+"""`python -m benchmarks gate`: a CI pass/fail over a report, with JUnit XML for CI dashboards.
+
+Thresholds come from the command line, else from `[tool.googlenet-edge.gate]` in the nearest
+`pyproject.toml`, else the built-in defaults below. An int8 ONNX model is judged on its emulated
+(target-independent) figures where the report has them: CI runners are x86 hosts whose int8 kernels can
+saturate (no VNNI), while the model ships to ARM devices; `--accuracy host` judges the host figures.
+"""
+
+from __future__ import annotations
+
+import tomllib
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+
+from export.errors import ToolkitError, one_line
+
+PYPROJECT_TABLE = ("tool", "googlenet-edge", "gate")
+
+
+@dataclass(frozen=True)
+class GateThresholds:
+    max_top1_drop: float | None = 1.0  # percentage points vs the reference
+    min_agreement: float | None = 0.97  # top-1 agreement with the reference, 0..1
+    max_latency_ratio: float | None = None  # median latency / the reference's, same device and threads
+    max_size_mb: float | None = None
+    accuracy: str = "emulated"  # "emulated" (where the report has it) or "host"
+
+
+def thresholds_from_pyproject(start: Path | None = None) -> tuple[GateThresholds, Path | None]:
+    """Defaults overridden by the nearest pyproject.toml's `[tool.googlenet-edge.gate]` table."""
+    here = (start or Path.cwd()).resolve()
+    for folder in (here, *here.parents):
+        candidate = folder / "pyproject.toml"
+        if candidate.is_file():
+            try:
+                data = tomllib.loads(candidate.read_text(encoding="utf-8"))
+            except (OSError, tomllib.TOMLDecodeError) as exc:
+                raise ToolkitError(f"cannot read ({one_line(exc)})", candidate) from None
+            table: object = data
+            for key in PYPROJECT_TABLE:
+                table = table.get(key, {}) if isinstance(table, dict) else {}
+            if not table:
+                return GateThresholds(), None
+            return _from_table(table, candidate), candidate  # type: ignore[arg-type]
+    return GateThresholds(), None
+
+
+def _from_table(table: dict, source: Path) -> GateThresholds:
+    known = {f.name: f for f in fields(GateThresholds)}
+    values = {}
+    for key, value in table.items():
+        name = key.replace("-", "_")
+        if name not in known:
+            raise ToolkitError(f"unknown gate setting {key!r} in [tool.googlenet-edge.gate]", source)
+        if name == "accuracy":
+            if value not in ("emulated", "host"):
+                raise ToolkitError(f"gate accuracy must be 'emulated' or 'host', not {value!r}", source)
+        elif not isinstance(value, int | float) or isinstance(value, bool):
+            raise ToolkitError(f"gate setting {key!r} must be a number, not {value!r}", source)
+        values[name] = value
+    return replace(GateThresholds(), **values)
+
+
+@dataclass
+class Verdict:
+    name: str
+    device: str
+    failures: list[str]
+    checked: list[str]
+
+    @property
+    def passed(self) -> bool:
+        return not self.failures
+
+
+def _accuracy_view(artifact: dict, mode: str) -> tuple[dict, str]:
+    acc = artifact.get("accuracy") or {}
+    if mode == "emulated" and acc.get("emulated"):
+        return acc["emulated"], "emulated"
+    return acc, "host" if acc else ""
+
+
+def _reference_latency(report: dict, artifact: dict) -> dict | None:
+    """The reference artifact's latency on the same device (by the name recorded as the reference)."""
+    vs = (artifact.get("accuracy") or {}).get("vs_reference") or {}
+    name = vs.get("reference") or (report.get("settings") or {}).get("reference")
+    for other in report["artifacts"]:
+        if other["name"] == name and other["device"] == artifact["device"]:
+            return other["latency_ms"]
+    return None
+
+
+def judge(report: dict, limits: GateThresholds) -> list[Verdict]:
+    """One verdict per artifact: the thresholds it breaks, each as one readable reason."""
+    verdicts = []
+    for artifact in report["artifacts"]:
+        failures, checked = [], []
+        view, label = _accuracy_view(artifact, limits.accuracy)
+        vs = view.get("vs_reference") or {}
+        where = f" ({label})" if label else ""
+        if limits.max_top1_drop is not None and "top1_drop_pp" in vs:
+            checked.append("top1_drop")
+            if vs["top1_drop_pp"] > limits.max_top1_drop:
+                failures.append(f"top-1 drop {vs['top1_drop_pp']:.2f} pp{where} > {limits.max_top1_drop:g} pp")
+        if limits.min_agreement is not None and "top1_agreement" in vs:
+            checked.append("agreement")
+            if vs["top1_agreement"] < limits.min_agreement:
+                failures.append(f"top-1 agreement {vs['top1_agreement']:.2%}{where} < {limits.min_agreement:.2%}")
+        if limits.max_size_mb is not None:
+            checked.append("size")
+            size_mb = artifact["size_bytes"] / 1e6
+            if size_mb > limits.max_size_mb:
+                failures.append(f"size {size_mb:.2f} MB > {limits.max_size_mb:g} MB")
+        if limits.max_latency_ratio is not None:
+            reference = _reference_latency(report, artifact)
+            if reference is None:
+                failures.append("latency ratio: no reference measured on the same device")
+            else:
+                for threads, stats in sorted(artifact["latency_ms"].items()):
+                    base = (reference.get(threads) or {}).get("median")
+                    if base and stats.get("median") is not None:
+                        checked.append(f"latency@{threads}")
+                        ratio = stats["median"] / base
+                        if ratio > limits.max_latency_ratio:
+                            limit = limits.max_latency_ratio
+                            failures.append(f"latency {ratio:.2f}x the reference at {threads} threads > {limit:g}x")
+        verdicts.append(Verdict(artifact["name"], artifact["device"], failures, checked))
+    return verdicts
+
+
+def junit_xml(verdicts: list[Verdict], path: Path) -> None:
+    """One test case per artifact (and device); a failing one carries its reasons."""
+    suite = ET.Element(
+        "testsuite",
+        name="googlenet-edge gate",
+        tests=str(len(verdicts)),
+        failures=str(sum(not v.passed for v in verdicts)),
+        errors="0",
+    )
+    for verdict in verdicts:
+        case = ET.SubElement(suite, "testcase", classname=f"gate.{verdict.device}", name=verdict.name)
+        if not verdict.passed:
+            failure = ET.SubElement(case, "failure", message="; ".join(verdict.failures))
+            failure.text = "\n".join(verdict.failures)
+        else:
+            ET.SubElement(case, "system-out").text = "checked: " + ", ".join(verdict.checked or ["nothing"])
+    tree = ET.ElementTree(ET.Element("testsuites"))
+    tree.getroot().append(suite)
+    ET.indent(tree)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tree.write(tmp, encoding="utf-8", xml_declaration=True)
+    tmp.replace(path)

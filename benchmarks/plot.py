@@ -1,0 +1,64 @@
+"""`--plot`: latency vs top-1 accuracy, one bubble per artifact (area = file size), readable at a glance."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from export.errors import ToolkitError
+
+MARKERS = {"onnx": "o", "tflite": "s"}
+
+
+def plot_report(report: dict, path: Path) -> Path:
+    """Write a PNG; matplotlib is the optional `[plot]` extra, imported only here."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise ToolkitError("--plot needs matplotlib: pip install -e '.[plot]'") from None
+    points = []
+    for a in report["artifacts"]:
+        acc = a.get("accuracy") or {}
+        best = str(a["throughput"]["threads"]) if a.get("throughput") else next(iter(a["latency_ms"]))
+        latency = a["latency_ms"][best].get("median") or a["latency_ms"][best].get("mean")
+        if "top1" in acc and latency:
+            points.append((a, latency, 100 * acc["top1"], best))
+    if not points:
+        raise ToolkitError("--plot needs accuracy figures: run with --eval DIR")
+    figure, axes = plt.subplots(figsize=(8, 5.5), dpi=120)
+    largest = max(a["size_bytes"] for a, *_ in points)
+    devices = sorted({a["device"] for a, *_ in points})
+    precisions = sorted({a["precision"] for a, *_ in points})
+    colours = {p: plt.get_cmap("tab10")(i) for i, p in enumerate(precisions)}
+    points.sort(key=lambda point: point[1])
+    for index, (a, latency, top1, threads) in enumerate(points):
+        axes.scatter(
+            latency, top1, s=200 + 1800 * a["size_bytes"] / largest, marker=MARKERS.get(a["format"], "o"),
+            color=colours[a["precision"]], alpha=0.55, edgecolors="black", linewidths=0.8,
+        )  # fmt: skip
+        where = f" @ {a['device']}" if len(devices) > 1 else ""
+        label = f"{a['name']}{where}\n{a['size_bytes'] / 1e6:.1f} MB, {latency:.1f} ms, {threads} thr"
+        offset = (14, 30 - 22 * (index % 4))  # staggered so neighbouring bubbles keep readable labels
+        axes.annotate(
+            label, (latency, top1), textcoords="offset points", xytext=offset, fontsize=8,
+            arrowprops={"arrowstyle": "-", "color": "grey", "lw": 0.6},
+        )  # fmt: skip
+    axes.set_xlabel("median latency per image (ms, best thread count) - lower is better")
+    axes.set_ylabel("top-1 accuracy (%) - higher is better")
+    title = "GoogLeNet artifacts: latency vs accuracy (bubble area = file size; o ONNX, s TFLite)"
+    axes.set_title(title, fontsize=10)
+    for precision in precisions:
+        axes.scatter([], [], color=colours[precision], label=precision, alpha=0.55)
+    axes.legend(title="precision", fontsize=8, loc="lower right")
+    axes.grid(alpha=0.3)
+    axes.margins(0.25)
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
+    figure.savefig(tmp, format="png")
+    plt.close(figure)
+    os.replace(tmp, path)
+    return path

@@ -1,0 +1,130 @@
+"""The benchmark report: its JSON Schema (one documented contract for `run`, the device runner, `merge`,
+`gate`, `compare` and `--plot`) and loading a report with a one-line error when it does not fit."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from export.artifacts import read_json
+from export.errors import ToolkitError
+
+_NUMBER = {"type": "number"}
+_NULLABLE_NUMBER = {"type": ["number", "null"]}
+
+_LATENCY = {
+    "type": "object",
+    "description": "milliseconds over the timed runs at one thread count",
+    "required": ["mean", "runs"],
+    "properties": {
+        **{k: _NULLABLE_NUMBER for k in ("median", "p90", "p99", "std", "min", "max", "load_ms")},
+        "first_inference_ms": _NULLABLE_NUMBER,
+        "mean": _NUMBER,
+        "runs": {"type": "integer", "minimum": 1},
+    },
+}
+
+_VS_REFERENCE = {
+    "type": "object",
+    "required": ["reference", "top1_agreement"],
+    "properties": {
+        "reference": {"type": ["string", "null"]},
+        "top1_agreement": {"type": "number", "minimum": 0, "maximum": 1},
+        "top1_drop_pp": _NUMBER,
+        "top5_drop_pp": _NUMBER,
+        "kl_mean": _NUMBER,
+        "cosine_mean": _NUMBER,
+        "top5_overlap": _NUMBER,
+    },
+}
+
+_ACCURACY = {
+    "type": "object",
+    "required": ["images"],
+    "properties": {
+        "images": {"type": "integer", "minimum": 1},
+        "labelled": {"type": "integer"},
+        "top1": {"type": "number", "minimum": 0, "maximum": 1},
+        "top5": {"type": "number", "minimum": 0, "maximum": 1},
+        "vs_reference": _VS_REFERENCE,
+    },
+}
+
+ARTIFACT_SCHEMA = {
+    "type": "object",
+    "required": ["name", "path", "format", "precision", "device", "size_bytes", "latency_ms", "peak_rss_mb"],
+    "properties": {
+        "name": {"type": "string", "description": "file name, e.g. googlenet.int8.onnx"},
+        "path": {"type": "string"},
+        "format": {"enum": ["onnx", "tflite"]},
+        "precision": {"enum": ["fp32", "fp16", "int8", "dynamic"]},
+        "device": {"type": "string", "description": "where it was measured (hostname or board model)"},
+        "size_bytes": {"type": "integer", "minimum": 1},
+        "params": {"type": ["integer", "null"]},
+        "macs": {"type": ["integer", "null"], "description": "multiply-adds per image, from the graph"},
+        "ops": {"type": "object", "additionalProperties": {"type": "integer"}},
+        "activation_bytes": {"type": ["integer", "null"], "description": "largest set of live tensors"},
+        "load_ms": _NULLABLE_NUMBER,
+        "first_inference_ms": _NULLABLE_NUMBER,
+        "latency_ms": {
+            "type": "object",
+            "description": "per thread count (keys '1', '2', ...)",
+            "minProperties": 1,
+            "propertyNames": {"pattern": "^[0-9]+$"},
+            "additionalProperties": _LATENCY,
+        },
+        "throughput": {
+            "type": "object",
+            "required": ["threads", "images_per_s"],
+            "properties": {"threads": {"type": "integer"}, "images_per_s": _NUMBER},
+        },
+        "peak_rss_mb": {"type": ["number", "null"], "description": "peak RSS of a fresh process running it"},
+        "baseline_rss_mb": _NULLABLE_NUMBER,
+        "accuracy": {
+            "oneOf": [
+                {"type": "null"},
+                {**_ACCURACY, "properties": {**_ACCURACY["properties"], "emulated": _ACCURACY}},
+            ]
+        },
+    },
+}
+
+REPORT_SCHEMA = {
+    "$schema": "https://json-schema.org/draft/2020-12/schema",
+    "title": "googlenet-edge benchmark report",
+    "type": "object",
+    "required": ["schema_version", "host", "artifacts"],
+    "properties": {
+        "schema_version": {"const": 1},
+        "host": {
+            "type": "object",
+            "required": ["cpu", "cores", "isa"],
+            "properties": {
+                "cpu": {"type": "string"},
+                "cores": {"type": ["integer", "null"]},
+                "isa": {"type": "array", "items": {"type": "string"}},
+                "runtimes": {"type": "object"},
+            },
+        },
+        "hosts": {"type": "object", "description": "merged reports: device name -> its host facts"},
+        "settings": {"type": "object"},
+        "artifacts": {"type": "array", "items": ARTIFACT_SCHEMA},
+    },
+}
+
+
+def validate_report(report: dict, source: str | Path | None = None) -> dict:
+    """`report` unchanged when it fits REPORT_SCHEMA; otherwise one ToolkitError naming the first problem."""
+    import jsonschema
+
+    try:
+        jsonschema.validate(report, REPORT_SCHEMA)
+    except jsonschema.ValidationError as exc:
+        where = "/".join(str(p) for p in exc.absolute_path) or "(top level)"
+        raise ToolkitError(f"not a benchmark report: {where}: {exc.message[:160]}", source) from None
+    return report
+
+
+def load_report(path: Path) -> dict:
+    if not Path(path).is_file():
+        raise ToolkitError("report not found", path)
+    return validate_report(read_json(path), path)

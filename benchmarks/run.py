@@ -1,0 +1,289 @@
+"""`python -m benchmarks run`: every artifact side by side (size, MACs, memory, latency, accuracy drift).
+
+Gathers, never re-implements: counting from `benchmarks.counting`, activation memory from
+`benchmarks.memory`, latency and peak RSS from `benchmarks.device_runner` (in a fresh subprocess per
+artifact, the same code a device runs), preprocessing and labels from each artifact's own sidecar.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from benchmarks import device_runner
+from benchmarks.report import validate_report
+from export import __version__, ui
+from export.artifacts import read_json, read_onnx_metadata, read_tflite_metadata, sidecar_path
+from export.errors import ToolkitError
+from export.evaluation import EvalSet, load_eval_set, predict
+from export.images import list_images
+from export.labels import LabelSet
+from export.preprocess import Preprocess
+
+MODEL_SUFFIXES = (".onnx", ".tflite")
+DEFAULT_ARTIFACTS = Path("artifacts")
+
+
+@dataclass
+class RunOptions:
+    artifacts: list[Path] = field(default_factory=list)
+    reference: Path | None = None
+    eval_dir: Path | None = None
+    eval_size: int | None = None
+    threads: list[int] = field(default_factory=lambda: [1, 2])
+    runs: int = 50
+    warmup: int = 5
+    layers: bool = False
+    seed: int = 0
+
+
+def discover(paths: list[Path]) -> list[Path]:
+    """The models named (folders expand to the models inside), in a stable order; default `artifacts/`."""
+    found: list[Path] = []
+    for path in paths or [DEFAULT_ARTIFACTS]:
+        path = Path(path)
+        if path.is_dir():
+            found += sorted(p for p in path.iterdir() if p.suffix.lower() in MODEL_SUFFIXES and p.is_file())
+        elif path.is_file():
+            if path.suffix.lower() not in MODEL_SUFFIXES:
+                raise ToolkitError("not a model (expected .onnx or .tflite)", path)
+            found.append(path)
+        else:
+            raise ToolkitError("no such file or folder", path)
+    if not found:
+        raise ToolkitError("no .onnx or .tflite models to benchmark", paths[0] if paths else DEFAULT_ARTIFACTS)
+    return list(dict.fromkeys(found))
+
+
+def describe_artifact(path: Path) -> dict:
+    """Format, precision, preprocessing and labels: from the sidecar, else the metadata inside the file."""
+    fmt = path.suffix.lower().lstrip(".")
+    info = read_json(sidecar_path(path)) if sidecar_path(path).is_file() else {}
+    if not info:
+        if fmt == "onnx":
+            meta = read_onnx_metadata(path)
+            info = {k: json.loads(v) if k in ("labels", "preprocess") else v for k, v in meta.items()}
+        else:
+            info = read_tflite_metadata(path)
+    if "preprocess" not in info:
+        raise ToolkitError("no preprocessing recorded (no sidecar JSON, no metadata): re-export it", path)
+    precision = info.get("precision") or _precision_from_name(path.name)
+    return {"format": fmt, "precision": precision, "preprocess": info["preprocess"], "labels": info.get("labels")}
+
+
+def _precision_from_name(name: str) -> str:
+    for precision in ("int8", "fp16", "dynamic"):
+        if f".{precision}." in name:
+            return precision
+    return "fp32"
+
+
+def pick_reference(artifacts: list[Path], described: dict[Path, dict], explicit: Path | None) -> Path | None:
+    """`--reference`, else the FP32 ONNX among the artifacts (or beside them)."""
+    if explicit is not None:
+        if not explicit.is_file():
+            raise ToolkitError("reference model not found", explicit)
+        return explicit
+    for path in artifacts:
+        if described[path]["format"] == "onnx" and described[path]["precision"] == "fp32":
+            return path
+    beside = artifacts[0].parent / "googlenet.onnx"
+    return beside if beside.is_file() else None
+
+
+def onnx_op_histogram(path: Path) -> dict[str, int]:
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    return dict(sorted(Counter(node.op_type for node in model.graph.node).items()))
+
+
+class EvalInputs:
+    """The evaluation images, preprocessed once per distinct preprocessing (ONNX fp32/int8 share one)."""
+
+    def __init__(self, paths: list[Path], root: Path | None) -> None:
+        self.paths, self.root = paths, root
+        self._cache: dict[str, EvalSet] = {}
+
+    def for_preprocess(self, preprocess: dict, labels: dict | None) -> EvalSet:
+        key = json.dumps(preprocess, sort_keys=True) + json.dumps(labels, sort_keys=True)
+        if key not in self._cache:
+            label_set = LabelSet.from_dict(labels) if labels else None
+            self._cache[key] = load_eval_set(
+                self.paths, self.root, Preprocess.from_dict(preprocess), label_set, "Loading eval images"
+            )
+        return self._cache[key]
+
+
+def eval_paths(eval_dir: Path, size: int | None, seed: int) -> list[Path]:
+    from quantize.calibration import select_stratified
+
+    images = list_images(eval_dir).images
+    if not images:
+        raise ToolkitError("no images to evaluate on", eval_dir)
+    if size is not None and size < len(images):
+        return select_stratified(images, Path(eval_dir), size, seed)
+    return images
+
+
+def _runner(path: Path, emulate: bool = False):
+    from export.runtime import OnnxRunner, TfliteRunner, throughput_runner
+
+    if path.suffix.lower() == ".onnx":
+        return OnnxRunner(path, threads=1, optimize=False) if emulate else throughput_runner(path)
+    return TfliteRunner(path, threads=1)
+
+
+def static_facts(path: Path, layers: bool) -> dict:
+    """What the graph says: parameters, MACs, ops, activation memory (the same on every device)."""
+    from benchmarks.counting import count_file
+    from benchmarks.memory import activation_bytes
+    from export.runtime import tflite_op_histogram
+
+    counts = count_file(path)
+    facts = {
+        "params": counts.params,
+        "macs": counts.macs,
+        "ops": onnx_op_histogram(path) if path.suffix.lower() == ".onnx" else tflite_op_histogram(path),
+        "activation_bytes": activation_bytes(path)["activation_bytes"],
+    }
+    if layers:
+        facts["layers"] = counts.to_dict()["layers"]
+    return facts
+
+
+def run(options: RunOptions) -> dict:
+    """Benchmark every artifact; the report dict (validated against the documented schema)."""
+    artifacts = discover(options.artifacts)
+    described = {path: describe_artifact(path) for path in artifacts}
+    reference = pick_reference(artifacts, described, options.reference)
+    facts = device_runner.host_facts()
+    device = facts["device"] or facts["hostname"]
+    inputs = None
+    if options.eval_dir is not None:
+        inputs = EvalInputs(eval_paths(options.eval_dir, options.eval_size, options.seed), Path(options.eval_dir))
+    reference_logits = None
+    if inputs is not None and reference is not None:
+        ref_info = described.get(reference) or describe_artifact(reference)
+        ref_set = inputs.for_preprocess(ref_info["preprocess"], ref_info["labels"])
+        reference_logits = predict(_runner(reference), ref_set.inputs, f"Evaluating {reference.name} (reference)")
+    entries = []
+    with tempfile.TemporaryDirectory(prefix="googlenet-bench-") as scratch:
+        for path in artifacts:
+            info = described[path]
+            ui.step(f"benchmarking {path.name} ({info['format']} {info['precision']})")
+            entry: dict = {
+                "name": path.name,
+                "path": str(path),
+                "format": info["format"],
+                "precision": info["precision"],
+                "device": device,
+                "size_bytes": path.stat().st_size,
+                **static_facts(path, options.layers),
+            }
+            sample = _sample(path, info, inputs)
+            sample_path = Path(scratch) / f"{path.name}.sample.npy"
+            np.save(sample_path, sample)
+            try:
+                entry.update(
+                    device_runner.measure_in_subprocess(
+                        path, sample_path, options.threads, options.runs, options.warmup
+                    )
+                )
+            except device_runner.RunnerError as exc:
+                raise ToolkitError(str(exc)) from None
+            entry["accuracy"] = _accuracy(path, info, inputs, reference, reference_logits)
+            entries.append(entry)
+    report = {
+        "schema_version": device_runner.SCHEMA_VERSION,
+        "tool": {"name": "googlenet-edge", "version": __version__},
+        "host": facts,
+        "settings": {
+            "threads": options.threads,
+            "runs": options.runs,
+            "warmup": options.warmup,
+            "eval": str(options.eval_dir) if options.eval_dir else None,
+            "eval_images": len(inputs.paths) if inputs else 0,
+            "reference": reference.name if reference else None,
+        },
+        "artifacts": entries,
+    }
+    return validate_report(device_runner.round_floats(report))  # type: ignore[arg-type]
+
+
+def _sample(path: Path, info: dict, inputs: EvalInputs | None) -> np.ndarray:
+    """One image in the artifact's own input convention: the first eval image, else a bundled photo."""
+    if inputs is not None:
+        return inputs.for_preprocess(info["preprocess"], info["labels"]).inputs[:1]
+    from export.sample_images import validation_photos
+
+    photos = load_eval_set(validation_photos()[:1], None, Preprocess.from_dict(info["preprocess"]), None, "photo")
+    return photos.inputs[:1]
+
+
+def _accuracy(path: Path, info: dict, inputs, reference: Path | None, reference_logits) -> dict | None:
+    if inputs is None:
+        return None
+    eval_set = inputs.for_preprocess(info["preprocess"], info["labels"])
+    ref_name = reference.name if reference else None
+    if reference is not None and path.resolve() == reference.resolve():
+        logits = reference_logits
+    else:
+        logits = predict(_runner(path), eval_set.inputs, f"Evaluating {path.name}")
+    block = device_runner.accuracy_block(logits, eval_set.labels, reference_logits, ref_name)
+    if info["format"] == "onnx" and info["precision"] == "int8":
+        emulated = predict(_runner(path, emulate=True), eval_set.inputs, f"Evaluating {path.name} (emulated)")
+        block["emulated"] = device_runner.accuracy_block(emulated, eval_set.labels, reference_logits, ref_name)
+    return block
+
+
+# ---------------------------------------------------------------- the terminal table
+
+
+def _drop_text(block: dict | None) -> tuple[str, str]:
+    vs = (block or {}).get("vs_reference") or {}
+    drop = f"{vs['top1_drop_pp']:+.2f}" if "top1_drop_pp" in vs else "—"
+    agree = f"{vs['top1_agreement']:.1%}" if "top1_agreement" in vs else "—"
+    return drop, agree
+
+
+def report_table(report: dict):
+    """One row per artifact (and device), like ultralytics' benchmark table."""
+    from benchmarks.counting import format_count
+
+    threads = sorted({int(t) for a in report["artifacts"] for t in a["latency_ms"]})
+    devices = {a["device"] for a in report["artifacts"]}
+    columns = ["artifact", *(["device"] if len(devices) > 1 else []), "precision", "size MB", "MACs", "top-1"]
+    columns += ["drop pp", "agree", *[f"ms p50 @{t}" for t in threads], "img/s", "peak MB", "act. MB"]
+    rows = []
+    for a in report["artifacts"]:
+        acc = a.get("accuracy") or {}
+        drop, agree = _drop_text(acc)
+        if acc.get("emulated"):
+            emu_drop, emu_agree = _drop_text(acc["emulated"])
+            drop, agree = f"{drop} (emul {emu_drop})", f"{agree} (emul {emu_agree})"
+        latency = [a["latency_ms"].get(str(t), {}).get("median") for t in threads]
+        rows.append(
+            [
+                a["name"],
+                *([a["device"]] if len(devices) > 1 else []),
+                a["precision"],
+                f"{a['size_bytes'] / 1e6:.2f}",
+                format_count(a["macs"]) if a.get("macs") else "—",
+                f"{acc['top1']:.1%}" if "top1" in acc else "—",
+                drop,
+                agree,
+                *[f"{v:.1f}" if v is not None else "—" for v in latency],
+                f"{a['throughput']['images_per_s']:.1f}" if a.get("throughput") else "—",
+                f"{a['peak_rss_mb']:.0f}" if a.get("peak_rss_mb") is not None else "—",
+                f"{a['activation_bytes'] / 1e6:.1f}" if a.get("activation_bytes") else "—",
+            ]
+        )
+    host = report["host"]
+    title = f"Benchmarks on {host.get('cpu')} ({host.get('cores')} cores, {', '.join(host.get('isa') or [])})"
+    return ui.table(title, columns, rows)
