@@ -57,7 +57,7 @@ def write_json_atomic(path: Path, data: Any) -> None:
 
 
 def _configure_macs(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("file", type=Path, help="model to count (.onnx)")
+    parser.add_argument("file", type=Path, help="model to count (.onnx or .tflite)")
     parser.add_argument("--layers", action="store_true", help="also print one row per layer")
     parser.add_argument("--json", type=Path, metavar="OUT", help="write the counts as JSON")
 
@@ -82,6 +82,9 @@ COMMANDS: dict[str, Command] = {
     "run": Command("benchmark artifacts: size, MACs, memory, latency, accuracy", cmd.configure_run, cmd.run_run),
     "gate": Command("pass/fail a report against thresholds (exit 1 on failure)", cmd.configure_gate, cmd.run_gate),
     "compare": Command("what got better or worse between two reports", cmd.configure_compare, cmd.run_compare),
+    "plot": Command("latency vs accuracy PNG of a report", cmd.configure_plot, cmd.run_plot),
+    "bundle": Command("a self-contained tarball to benchmark on a device", cmd.configure_bundle, cmd.run_bundle),
+    "merge": Command("merge host and device reports into one", cmd.configure_merge, cmd.run_merge),
     "schema": Command("print the report's JSON Schema", cmd.configure_schema, cmd.run_schema),
 }
 

@@ -177,3 +177,61 @@ def run_schema(args: argparse.Namespace) -> int:
     else:
         print(json.dumps(REPORT_SCHEMA, indent=2))
     return 0
+
+
+def configure_plot(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("report", type=Path, help="report.json (from run or merge)")
+    parser.add_argument("--out", type=Path, help="PNG path (default: beside the report)")
+
+
+def run_plot(args: argparse.Namespace) -> int:
+    from benchmarks.plot import plot_report
+    from benchmarks.report import load_report
+
+    _require_matplotlib()
+    report = load_report(args.report)
+    ui.show(f"wrote {plot_report(report, args.out or args.report.with_suffix('.png'))}")
+    return 0
+
+
+def configure_bundle(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("artifacts", nargs="*", type=Path, help="models or folders (default: artifacts/)")
+    parser.add_argument("--eval", type=Path, required=True, help="labelled images to preprocess into the bundle")
+    parser.add_argument("--eval-size", type=count(1), default=100, help="a seeded stratified subset (default 100)")
+    parser.add_argument("--out", type=Path, default=Path("artifacts/googlenet-bench.tar.gz"), help="the tarball")
+
+
+def run_bundle(args: argparse.Namespace) -> int:
+    from benchmarks.bundle import build_bundle
+
+    if not args.eval.is_dir():
+        raise ToolkitError("evaluation folder not found", args.eval)
+    if not args.out.name.endswith((".tar.gz", ".tgz")):
+        raise ToolkitError("--out must end in .tar.gz or .tgz", args.out)
+    out, manifest = build_bundle(list(args.artifacts), args.eval, args.eval_size, args.out)
+    rows = [(m["name"], m["format"], m["precision"], f"{m['size_bytes'] / 1e6:.2f} MB") for m in manifest["models"]]
+    ui.show(
+        ui.table(f"Bundle {out} ({out.stat().st_size / 1e6:.1f} MB)", ("model", "format", "precision", "size"), rows)
+    )
+    ui.show(f"{manifest['settings']['eval_images']} evaluation images, reference {manifest['reference']}")
+    steps = "pip install numpy ai-edge-litert onnxruntime && python3 googlenet-bench/run.py"
+    ui.show(f"on the device: tar xf {out.name} && {steps}")
+    return 0
+
+
+def configure_merge(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("reports", nargs="+", type=Path, help="report.json and results-*.json files")
+    parser.add_argument("--out", type=Path, default=Path("artifacts/merged.json"), help="merged report path")
+
+
+def run_merge(args: argparse.Namespace) -> int:
+    from benchmarks.bundle import merge_reports
+    from benchmarks.cli import write_json_atomic
+    from benchmarks.report import load_report
+    from benchmarks.run import report_table
+
+    merged = merge_reports([(path, load_report(path)) for path in args.reports])
+    ui.show(report_table(merged))
+    write_json_atomic(args.out, merged)
+    ui.show(f"wrote {args.out}")
+    return 0

@@ -284,7 +284,17 @@ def latency_stats(times_ms: list[float]) -> dict:
 
 
 def peak_rss_mb() -> float:
-    """This process's peak resident set size so far, in MiB."""
+    """This process's peak resident set size so far, in MiB.
+
+    Linux: VmHWM of /proc/self/status, which belongs to this program's address space. Not ru_maxrss:
+    Linux carries it across fork and exec, so a child started by a big parent would report the parent's size.
+    """
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024.0  # kB
+    except (OSError, ValueError, IndexError):
+        pass
     import resource
 
     maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -370,11 +380,18 @@ def verify_bundle(root: Path) -> dict:
     return manifest
 
 
-def run_bundle(root: Path, threads: list[int], runs: int, warmup: int, only: list[str] | None = None) -> dict:
+def run_bundle(
+    root: Path, threads: list[int], runs: int, warmup: int, only: list[str] | None = None, device: str | None = None
+) -> dict:
     """Every model of the bundle: latency and memory in a subprocess each, accuracy on the bundled inputs."""
     manifest = verify_bundle(root)
     facts = host_facts()
-    device = facts["device"] or facts["hostname"]
+    device = device or facts["device"] or facts["hostname"]
+    unknown = sorted(set(only or ()) - {m["name"] for m in manifest["models"]})
+    if unknown:
+        raise RunnerError(
+            f"--only {unknown[0]}: not in this bundle ({', '.join(m['name'] for m in manifest['models'])})"
+        )
     labels = np.load(root / manifest["labels"]) if manifest.get("labels") else None
     artifacts = []
     for model in manifest["models"]:
@@ -382,7 +399,7 @@ def run_bundle(root: Path, threads: list[int], runs: int, warmup: int, only: lis
             continue
         print(f"measuring {model['name']} ({model['format']} {model['precision']}) ...", file=sys.stderr, flush=True)
         inputs = np.load(root / model["inputs"])
-        entry = {k: v for k, v in model.items() if k not in ("inputs", "file", "expected")}
+        entry = {k: v for k, v in model.items() if k not in ("inputs", "file", "sample")}
         entry.update(path=model["file"], device=device)
         entry.update(measure_in_subprocess(root / model["file"], root / model["sample"], threads, runs, warmup))
         entry["accuracy"] = evaluate(root / model["file"], model, inputs, labels, root, manifest)
@@ -477,6 +494,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=_non_negative, default=5, help="untimed runs before timing")
     parser.add_argument("--bundle", type=Path, default=Path(__file__).resolve().parent, help="unpacked bundle")
     parser.add_argument("--only", action="append", help="only this model file name (repeatable)")
+    parser.add_argument("--device", help="name for this device in the report (default: board model or hostname)")
     parser.add_argument("--out", type=Path, help="results JSON (default results-<hostname>.json)")
     args = parser.parse_args(argv)
     try:
@@ -487,7 +505,7 @@ def main(argv: list[str] | None = None) -> int:
             result = measure(args.model, sample, args.threads, args.runs, args.warmup)
             print(json.dumps(result))
             return 0
-        report = run_bundle(args.bundle, args.threads, args.runs, args.warmup, args.only)
+        report = run_bundle(args.bundle, args.threads, args.runs, args.warmup, args.only, args.device)
     except RunnerError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -131,7 +131,7 @@ def eval_paths(eval_dir: Path, size: int | None, seed: int) -> list[Path]:
     return images
 
 
-def _runner(path: Path, emulate: bool = False):
+def evaluation_runner(path: Path, emulate: bool = False):
     from export.runtime import OnnxRunner, TfliteRunner, throughput_runner
 
     if path.suffix.lower() == ".onnx":
@@ -171,7 +171,9 @@ def run(options: RunOptions) -> dict:
     if inputs is not None and reference is not None:
         ref_info = described.get(reference) or describe_artifact(reference)
         ref_set = inputs.for_preprocess(ref_info["preprocess"], ref_info["labels"])
-        reference_logits = predict(_runner(reference), ref_set.inputs, f"Evaluating {reference.name} (reference)")
+        reference_logits = predict(
+            evaluation_runner(reference), ref_set.inputs, f"Evaluating {reference.name} (reference)"
+        )
     entries = []
     with tempfile.TemporaryDirectory(prefix="googlenet-bench-") as scratch:
         for path in artifacts:
@@ -234,10 +236,10 @@ def _accuracy(path: Path, info: dict, inputs, reference: Path | None, reference_
     if reference is not None and path.resolve() == reference.resolve():
         logits = reference_logits
     else:
-        logits = predict(_runner(path), eval_set.inputs, f"Evaluating {path.name}")
+        logits = predict(evaluation_runner(path), eval_set.inputs, f"Evaluating {path.name}")
     block = device_runner.accuracy_block(logits, eval_set.labels, reference_logits, ref_name)
     if info["format"] == "onnx" and info["precision"] == "int8":
-        emulated = predict(_runner(path, emulate=True), eval_set.inputs, f"Evaluating {path.name} (emulated)")
+        emulated = predict(evaluation_runner(path, emulate=True), eval_set.inputs, f"Evaluating {path.name} (emulated)")
         block["emulated"] = device_runner.accuracy_block(emulated, eval_set.labels, reference_logits, ref_name)
     return block
 

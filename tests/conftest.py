@@ -196,3 +196,40 @@ def write_png16_rgb(path: Path, rgb16: np.ndarray) -> None:
     path.write_bytes(
         b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b"")
     )
+
+
+@pytest.fixture(scope="session")
+def bench_artifacts(
+    bvlc_onnx_export: OnnxExportResult, bvlc_loaded: LoadedModel, imagenet_sample_dir: Path, tmp_path_factory
+) -> dict:
+    """A folder of real artifacts for the benchmark and bundle tests: FP32 ONNX, int8 ONNX (16 calibration
+    photos), a deliberately broken int8 ONNX (calibrated on one black image), and, when TensorFlow is
+    installed, fp32 and int8 TFLite (16 photos)."""
+    import shutil
+
+    from PIL import Image
+
+    from export.artifacts import sidecar_path
+    from quantize.calibration import ArraySource, FolderSource
+    from quantize.onnx_int8 import quantize_onnx
+    from quantize.presets import QuantizationConfig
+
+    folder = tmp_path_factory.mktemp("bench_artifacts")
+    fp32 = folder / "googlenet.onnx"
+    shutil.copyfile(bvlc_onnx_export.path, fp32)
+    shutil.copyfile(sidecar_path(bvlc_onnx_export.path), sidecar_path(fp32))
+    calib = FolderSource(imagenet_sample_dir, bvlc_loaded.preprocess, size=16, seed=0)
+    quantize_onnx(fp32, calib, QuantizationConfig.arm64(), out_path=folder / "googlenet.int8.onnx")
+    black = bvlc_loaded.preprocess.apply(Image.new("RGB", (256, 256)))[None]
+    quantize_onnx(fp32, ArraySource(black), QuantizationConfig.arm64(), out_path=folder / "googlenet-black.int8.onnx")
+    try:
+        import tensorflow  # noqa: F401
+    except ImportError:
+        pass
+    else:
+        from export.tflite_export import export_tflite
+
+        nhwc = calib.arrays().transpose(0, 2, 3, 1)
+        export_tflite(bvlc_loaded, fp32, folder, "int8", calibration={"arrays": nhwc, "describe": calib.describe()})
+    models = sorted(p for p in folder.iterdir() if p.suffix in (".onnx", ".tflite"))
+    return {"folder": folder, "models": models}

@@ -1,0 +1,188 @@
+"""`python -m benchmarks bundle` / `merge`: the device runner in a fresh venv with only numpy and the runtimes.
+
+The venv stands in for a Raspberry Pi: it has no PyTorch, no TensorFlow, no Pillow and not this repository;
+the bundle's `run.py` must produce the same accuracy figures as the host benchmark on the same inputs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tarfile
+from importlib import metadata
+from pathlib import Path
+
+import jsonschema
+import pytest
+
+from benchmarks.report import REPORT_SCHEMA
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parents[1]
+EVAL_SIZE = 12
+DEVICE = "bundle-venv"
+
+
+def bench_cli(*args: object, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    command = [sys.executable, "-m", "benchmarks", *map(str, args)]
+    return subprocess.run(command, capture_output=True, text=True, timeout=900, env=env, cwd=cwd or REPO)
+
+
+def bare_env() -> dict[str, str]:
+    """No PYTHONPATH, no virtualenv of ours: what a device's shell would have."""
+    return {"PATH": "/usr/bin:/bin", "HOME": os.environ.get("HOME", "/tmp"), "LANG": "C.UTF-8"}
+
+
+@pytest.fixture(scope="session")
+def device_venv(tmp_path_factory) -> Path:
+    """A fresh venv with only numpy, ai-edge-litert and onnxruntime (the versions this project pins)."""
+    venv = tmp_path_factory.mktemp("device") / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=300)
+    python = venv / "bin" / "python"
+    pins = [f"numpy=={metadata.version('numpy')}"]
+    pins += [f"{name}=={metadata.version(name)}" for name in ("onnxruntime", "ai-edge-litert")]
+    done = subprocess.run(
+        [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check", *pins],
+        capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    if done.returncode != 0:
+        pytest.fail(f"cannot build the device venv: {done.stderr[-1500:]}")
+    return python
+
+
+@pytest.fixture(scope="session")
+def bundle(bench_artifacts: dict, imagenet_sample_dir: Path, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("bundle") / "googlenet-bench.tar.gz"
+    models = [p for p in bench_artifacts["models"] if "black" not in p.name]
+    done = bench_cli("bundle", *models, "--eval", imagenet_sample_dir, "--eval-size", EVAL_SIZE, "--out", out)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return out
+
+
+def unpack(bundle: Path, where: Path) -> Path:
+    with tarfile.open(bundle) as tar:
+        tar.extractall(where, filter="data")
+    return where / "googlenet-bench"
+
+
+@pytest.fixture(scope="session")
+def device_results(bundle: Path, device_venv: Path, tmp_path_factory) -> Path:
+    root = unpack(bundle, tmp_path_factory.mktemp("unpacked"))
+    out = root.parent / "results-device.json"
+    command = [str(device_venv), "-I", "run.py", "--threads", "1", "--runs", "3", "--warmup", "0"]
+    done = subprocess.run(
+        [*command, "--device", DEVICE, "--out", str(out)], cwd=root, env=bare_env(),
+        capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "googlenet.int8.onnx" in done.stdout and "peak MB" in done.stdout
+    return out
+
+
+@pytest.fixture(scope="session")
+def host_report(bench_artifacts: dict, imagenet_sample_dir: Path, tmp_path_factory) -> Path:
+    from benchmarks.run import RunOptions, run
+
+    models = [p for p in bench_artifacts["models"] if "black" not in p.name]
+    options = RunOptions(artifacts=models, eval_dir=imagenet_sample_dir, eval_size=EVAL_SIZE, threads=[1], runs=3)
+    path = tmp_path_factory.mktemp("host") / "report.json"
+    path.write_text(json.dumps(run(options)))
+    return path
+
+
+def test_bundle_holds_models_inputs_runner_and_manifest(bundle: Path, tmp_path: Path) -> None:
+    root = unpack(bundle, tmp_path)
+    manifest = json.loads((root / "manifest.json").read_text())
+    names = {m["name"] for m in manifest["models"]}
+    assert {"googlenet.onnx", "googlenet.int8.onnx"} <= names
+    for model in manifest["models"]:
+        assert (root / model["file"]).is_file() and (root / model["inputs"]).is_file()
+        assert model["macs"] > 1.5e9 and model["activation_bytes"] > 0
+    assert set(manifest["files"]) >= {"run.py", "README.md", "labels.npy", "reference_outputs.npy"}
+    assert "android/run_android.py" in manifest["files"]
+    readme = (root / "README.md").read_text()
+    assert "tar xf googlenet-bench.tar.gz" in readme and "python3 googlenet-bench/run.py" in readme
+    run_py = (root / "run.py").read_text()
+    assert "from export" not in run_py and "import torch" not in run_py and "from benchmarks" not in run_py
+
+
+def test_bundle_is_reproducible(bundle: Path, bench_artifacts: dict, imagenet_sample_dir: Path, tmp_path: Path):
+    again = tmp_path / bundle.name  # same name: the README inside quotes it
+    models = [p for p in bench_artifacts["models"] if "black" not in p.name]
+    done = bench_cli("bundle", *models, "--eval", imagenet_sample_dir, "--eval-size", EVAL_SIZE, "--out", again)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert again.read_bytes() == bundle.read_bytes()
+
+
+def test_device_venv_has_neither_torch_nor_this_repository(device_venv: Path) -> None:
+    for module in ("torch", "tensorflow", "PIL", "export", "benchmarks"):
+        probe = subprocess.run(
+            [str(device_venv), "-I", "-c", f"import {module}"], env=bare_env(), cwd="/", capture_output=True
+        )
+        assert probe.returncode != 0, module
+
+
+def test_device_results_equal_the_host_benchmark(device_results: Path, host_report: Path) -> None:
+    device = json.loads(device_results.read_text())
+    host = json.loads(host_report.read_text())
+    jsonschema.validate(device, REPORT_SCHEMA)
+    assert {a["device"] for a in device["artifacts"]} == {DEVICE}
+    host_by_name = {a["name"]: a for a in host["artifacts"]}
+    assert sorted(host_by_name) == sorted(a["name"] for a in device["artifacts"])
+    for artifact in device["artifacts"]:
+        expected = host_by_name[artifact["name"]]
+        assert artifact["accuracy"] == expected["accuracy"], artifact["name"]
+        assert artifact["macs"] == expected["macs"] and artifact["size_bytes"] == expected["size_bytes"]
+        stats = artifact["latency_ms"]["1"]
+        assert stats["median"] <= stats["p90"] <= stats["p99"]
+        assert artifact["peak_rss_mb"] > 0
+    assert device["host"]["cores"] >= 1 and "onnxruntime" in device["host"]["runtimes"]
+
+
+def test_merge_puts_host_and_device_side_by_side(device_results: Path, host_report: Path, tmp_path: Path) -> None:
+    merged_path = tmp_path / "merged.json"
+    done = bench_cli("merge", host_report, device_results, "--out", merged_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    merged = json.loads(merged_path.read_text())
+    jsonschema.validate(merged, REPORT_SCHEMA)
+    devices = {a["device"] for a in merged["artifacts"]}
+    assert DEVICE in devices and len(devices) == 2 and set(merged["hosts"]) == devices
+    assert "device" in done.stdout
+    gate = bench_cli("gate", merged_path, "--max-top1-drop", "50", "--min-agreement", "0.5")
+    assert gate.returncode == 0, gate.stdout + gate.stderr
+    plot = bench_cli("plot", merged_path, "--out", tmp_path / "merged.png")
+    assert plot.returncode == 0 and (tmp_path / "merged.png").stat().st_size > 20_000
+    again = bench_cli("merge", host_report, host_report, "--out", tmp_path / "twice.json")
+    assert again.returncode == 2 and "also in" in again.stderr
+
+
+@pytest.mark.parametrize("damage", ["flip a byte", "delete"])
+def test_a_corrupted_bundle_is_refused(bundle: Path, device_venv: Path, tmp_path: Path, damage: str) -> None:
+    root = unpack(bundle, tmp_path)
+    model = root / "models" / "googlenet.int8.onnx"
+    if damage == "delete":
+        model.unlink()
+    else:
+        data = bytearray(model.read_bytes())
+        data[len(data) // 2] ^= 0xFF
+        model.write_bytes(bytes(data))
+    done = subprocess.run(
+        [str(device_venv), "-I", "run.py", "--runs", "1"], cwd=root, env=bare_env(), capture_output=True, text=True
+    )
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "googlenet.int8.onnx" in lines[0]
+    assert ("corrupted" if damage != "delete" else "missing") in lines[0]
+    assert not list(root.parent.glob("results-*.json")) and not list(root.glob("results-*.json"))
+
+
+def test_bundle_usage_errors(tmp_path: Path, imagenet_sample_dir: Path, bench_artifacts: dict) -> None:
+    done = bench_cli("bundle", bench_artifacts["folder"], "--eval", tmp_path / "nope", "--out", tmp_path / "b.tar.gz")
+    assert done.returncode == 2 and "evaluation folder not found" in done.stderr
+    done = bench_cli("bundle", bench_artifacts["folder"], "--eval", imagenet_sample_dir, "--out", tmp_path / "b.zip")
+    assert done.returncode == 2 and ".tar.gz" in done.stderr
+    assert not list(tmp_path.iterdir())
