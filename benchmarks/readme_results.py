@@ -47,7 +47,7 @@ def ratios(report: dict) -> list[dict]:
 
 def markdown(report: dict) -> str:
     threads = sorted({t for a in report["artifacts"] for t in a["latency_ms"]}, key=int)
-    head = ["file", "size MB", "MACs", "top-1", "drop pp", "agreement", *[f"ms p50 @{t}" for t in threads]]
+    head = ["file", "size MB", "MACs", "top-1", "drop pp", "agreement", *[f"ms p50 @{t} thr" for t in threads]]
     head += ["peak RSS MB", "activations MB"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for a in report["artifacts"]:
@@ -59,7 +59,7 @@ def markdown(report: dict) -> str:
             f"`{a['name']}`",
             f"{a['size_bytes'] / 1e6:.2f}",
             f"{a['macs'] / 1e9:.3f} G",
-            f"{acc['top1']:.1%}" if "top1" in acc else "—",
+            f"{view['top1']:.1%}{note}" if "top1" in view else "—",
             f"{vs['top1_drop_pp']:+.2f}{note}" if "top1_drop_pp" in vs else "—",
             f"{vs['top1_agreement']:.2%}{note}" if "top1_agreement" in vs else "—",
             *[f"{a['latency_ms'][t]['median']:.1f}" for t in threads],
