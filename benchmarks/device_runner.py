@@ -260,6 +260,18 @@ def open_session(path: str | Path, threads: int = 0, emulate: bool = False):
     raise RunnerError(f"{path}: unknown model format (expected .onnx or .tflite)")
 
 
+def _missing_runtime(fmt: str) -> str | None:
+    """Why this machine cannot run a `fmt` model (a device may have only one of the two runtimes), or None."""
+    try:
+        if fmt == "onnx":
+            import onnxruntime  # noqa: F401
+        elif fmt == "tflite":
+            litert_interpreter_class()
+    except (ImportError, RunnerError):
+        return "pip install onnxruntime to run it" if fmt == "onnx" else "pip install ai-edge-litert to run it"
+    return None
+
+
 def predict(session, inputs: np.ndarray, batch_size: int = 16) -> np.ndarray:
     return np.concatenate([session(inputs[i : i + batch_size]) for i in range(0, len(inputs), batch_size)])
 
@@ -397,6 +409,10 @@ def run_bundle(
     for model in manifest["models"]:
         if only and model["name"] not in only:
             continue
+        missing = _missing_runtime(model["format"])
+        if missing:
+            print(f"skipping {model['name']}: {missing}", file=sys.stderr, flush=True)
+            continue
         print(f"measuring {model['name']} ({model['format']} {model['precision']}) ...", file=sys.stderr, flush=True)
         inputs = np.load(root / model["inputs"])
         entry = {k: v for k, v in model.items() if k not in ("inputs", "file", "sample")}
@@ -404,6 +420,8 @@ def run_bundle(
         entry.update(measure_in_subprocess(root / model["file"], root / model["sample"], threads, runs, warmup))
         entry["accuracy"] = evaluate(root / model["file"], model, inputs, labels, root, manifest)
         artifacts.append(entry)
+    if not artifacts:
+        raise RunnerError("nothing measured: pip install ai-edge-litert (for .tflite) or onnxruntime (for .onnx)")
     settings = {"threads": threads, "runs": runs, "warmup": warmup, **manifest.get("settings", {})}
     return round_floats({"schema_version": SCHEMA_VERSION, "host": facts, "settings": settings, "artifacts": artifacts})  # type: ignore[return-value]
 

@@ -186,3 +186,29 @@ def test_bundle_usage_errors(tmp_path: Path, imagenet_sample_dir: Path, bench_ar
     done = bench_cli("bundle", bench_artifacts["folder"], "--eval", imagenet_sample_dir, "--out", tmp_path / "b.zip")
     assert done.returncode == 2 and ".tar.gz" in done.stderr
     assert not list(tmp_path.iterdir())
+
+
+def test_a_device_with_one_runtime_skips_the_other_format(bundle: Path, tmp_path: Path) -> None:
+    """A Pi with only ai-edge-litert: the ONNX models are skipped with a note, the TFLite ones measured."""
+    root = unpack(bundle, tmp_path)
+    hide = tmp_path / "hide"
+    hide.mkdir()
+    (hide / "sitecustomize.py").write_text(
+        "import sys\n"
+        "class _NoOrt:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name == 'onnxruntime' or name.startswith('onnxruntime.'):\n"
+        "            raise ImportError('hidden by the test')\n"
+        "sys.meta_path.insert(0, _NoOrt())\n"
+    )
+    manifest = json.loads((root / "manifest.json").read_text())
+    tflite = [m["name"] for m in manifest["models"] if m["format"] == "tflite"]
+    if not tflite:
+        pytest.skip("no TFLite models in the bundle (TensorFlow not installed)")
+    env = {**bare_env(), "PYTHONPATH": str(hide)}
+    command = [sys.executable, "run.py", "--threads", "1", "--runs", "1", "--warmup", "0", "--out", "r.json"]
+    done = subprocess.run(command, cwd=root, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "skipping googlenet.onnx: pip install onnxruntime" in done.stderr
+    measured = json.loads((root / "r.json").read_text())
+    assert sorted(a["name"] for a in measured["artifacts"]) == sorted(tflite)
