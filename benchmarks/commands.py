@@ -7,31 +7,12 @@ import json
 import sys
 from pathlib import Path
 
+from benchmarks import device_runner
 from export import ui
 from export.errors import ToolkitError
 
-
-def thread_counts(text: str) -> list[int]:
-    try:
-        values = [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected thread counts like 1,2 (got {text!r})") from None
-    if not values or min(values) < 1:
-        raise argparse.ArgumentTypeError(f"expected thread counts >= 1 like 1,2 (got {text!r})")
-    return sorted(set(values))
-
-
-def count(minimum: int):
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a whole number (got {text!r})") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"must be at least {minimum} (got {value})")
-        return value
-
-    return parse
+thread_counts = device_runner.thread_list
+count = device_runner.whole_number
 
 
 def configure_run(parser: argparse.ArgumentParser) -> None:

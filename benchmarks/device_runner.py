@@ -466,34 +466,30 @@ def print_table(report: dict) -> None:
         print("  ".join(str(v).ljust(w) if i == 0 else str(v).rjust(w) for i, (v, w) in enumerate(zip(row, widths))))
 
 
-def _thread_list(text: str) -> list[int]:
+def thread_list(text: str) -> list[int]:
+    """`--threads 1,2,4` (sorted, without repeats)."""
     try:
         values = [int(v) for v in text.split(",") if v.strip()]
     except ValueError:
         raise argparse.ArgumentTypeError(f"--threads takes counts like 1,2 (got {text!r})") from None
     if not values or min(values) < 1:
         raise argparse.ArgumentTypeError(f"--threads takes counts >= 1 like 1,2 (got {text!r})")
-    return values
+    return sorted(set(values))
 
 
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected at least 1, got {value}")
-    return value
+def whole_number(minimum: int):
+    """An argparse type: an integer >= `minimum`."""
 
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"expected at least {minimum}, got {value}")
+        return value
 
-def _non_negative(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected 0 or more, got {value}")
-    return value
+    return parse
 
 
 class _Parser(argparse.ArgumentParser):
@@ -507,9 +503,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("command", nargs="?", default="bundle", choices=("bundle", "measure"))
     parser.add_argument("model", nargs="?", help="measure: the model file")
     parser.add_argument("sample", nargs="?", help="measure: an .npy input batch in the model's preprocessing")
-    parser.add_argument("--threads", type=_thread_list, default=[1, 2], help="thread counts, e.g. 1,2,4")
-    parser.add_argument("--runs", type=_positive, default=50, help="timed runs per thread count")
-    parser.add_argument("--warmup", type=_non_negative, default=5, help="untimed runs before timing")
+    parser.add_argument("--threads", type=thread_list, default=[1, 2], help="thread counts, e.g. 1,2,4")
+    parser.add_argument("--runs", type=whole_number(1), default=50, help="timed runs per thread count")
+    parser.add_argument("--warmup", type=whole_number(0), default=5, help="untimed runs before timing")
     parser.add_argument("--bundle", type=Path, default=Path(__file__).resolve().parent, help="unpacked bundle")
     parser.add_argument("--only", action="append", help="only this model file name (repeatable)")
     parser.add_argument("--device", help="name for this device in the report (default: board model or hostname)")

@@ -233,3 +233,17 @@ def bench_artifacts(
         export_tflite(bvlc_loaded, fp32, folder, "int8", calibration={"arrays": nhwc, "describe": calib.describe()})
     models = sorted(p for p in folder.iterdir() if p.suffix in (".onnx", ".tflite"))
     return {"folder": folder, "models": models}
+
+
+def convert_tiny_tflite(function, path: Path, int8: bool, input_shape: tuple[int, ...] = (1, 8, 8, 3)) -> Path:
+    """A small `tf.function` converted to `path`, fp32 or int8 end to end (float I/O, 4 random calibration inputs)."""
+    import tensorflow as tf
+
+    rng = np.random.default_rng(0)
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([function.get_concrete_function()], function)
+    if int8:
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.representative_dataset = lambda: ([rng.normal(size=input_shape).astype(np.float32)] for _ in range(4))
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    path.write_bytes(converter.convert())
+    return path

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+from conftest import convert_tiny_tflite
 from onnx import TensorProto, helper, numpy_helper
 
 from benchmarks.memory import activation_bytes
@@ -176,16 +177,7 @@ def _tiny_tflite(tmp_path: Path, int8: bool) -> Path:
         y = tf.nn.relu(tf.nn.depthwise_conv2d(y, w2, [1, 1, 1, 1], "SAME"))
         return tf.reduce_mean(y, axis=[1, 2])
 
-    converter = tf.lite.TFLiteConverter.from_concrete_functions([tiny.get_concrete_function()], tiny)
-    if int8:
-        converter.optimizations = [tf.lite.Optimize.DEFAULT]
-        converter.representative_dataset = lambda: (
-            [rng.normal(size=(1, 8, 8, 3)).astype(np.float32)] for _ in range(4)
-        )
-        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-    path = tmp_path / ("tiny.int8.tflite" if int8 else "tiny.tflite")
-    path.write_bytes(converter.convert())
-    return path
+    return convert_tiny_tflite(tiny, tmp_path / ("tiny.int8.tflite" if int8 else "tiny.tflite"), int8)
 
 
 @pytest.mark.slow

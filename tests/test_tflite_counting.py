@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import convert_tiny_tflite
 
 from benchmarks.counting import BLOCK_ORDER, CountReport, count_file, count_onnx, count_tflite, count_torch
 from export.errors import ToolkitError
@@ -99,16 +100,7 @@ def _tiny_graph(tmp_path: Path, int8: bool) -> Path:
         y = tf.nn.relu(tf.nn.bias_add(tf.nn.depthwise_conv2d(y, w2, [1, 1, 1, 1], "SAME"), b2))
         return tf.matmul(tf.reshape(y, [-1, 256]), w3) + b3
 
-    converter = tf.lite.TFLiteConverter.from_concrete_functions([tiny.get_concrete_function()], tiny)
-    if int8:
-        converter.optimizations = [tf.lite.Optimize.DEFAULT]
-        converter.representative_dataset = lambda: (
-            [rng.normal(size=(1, 8, 8, 3)).astype(np.float32)] for _ in range(4)
-        )
-        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-    path = tmp_path / ("tiny.int8.tflite" if int8 else "tiny.tflite")
-    path.write_bytes(converter.convert())
-    return path
+    return convert_tiny_tflite(tiny, tmp_path / ("tiny.int8.tflite" if int8 else "tiny.tflite"), int8)
 
 
 @pytest.mark.parametrize("int8", [False, True])
