@@ -1,4 +1,4 @@
-"""The `run`, `gate`, `compare` and `schema` subcommands: argument parsing and terminal output only."""
+"""The `run`, `gate`, `compare`, `plot`, `bundle`, `merge` and `schema` subcommands: arguments and terminal output."""
 
 from __future__ import annotations
 
@@ -98,7 +98,9 @@ def run_gate(args: argparse.Namespace) -> int:
     settings = ", ".join(f"{k}={v}" for k, v in vars(limits).items() if v is not None)
     ui.show(
         ui.table(
-            f"Gate ({settings}{'; from ' + str(source) if source else ''})", ("artifact", "device", "", "why"), rows
+            f"Gate ({settings}{'; from ' + str(source) if source else ''})",
+            ("artifact", "device", "", "checked, or why it failed"),
+            rows,
         )
     )
     if args.junit:

@@ -24,7 +24,8 @@ from typing import Any
 import numpy as np
 import onnx
 
-from benchmarks.counting import TfliteGraph, _fix_inputs, load_onnx
+from benchmarks.counting import _fix_inputs, load_onnx
+from benchmarks.tflite_counting import TfliteGraph
 from export.errors import ToolkitError, one_line
 
 # Bits per element where numpy's itemsize is not the storage size.

@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 from conftest import convert_tiny_tflite
 
-from benchmarks.counting import BLOCK_ORDER, CountReport, count_file, count_onnx, count_tflite, count_torch
+from benchmarks.counting import BLOCK_ORDER, CountReport, count_file, count_onnx, count_torch
+from benchmarks.tflite_counting import count_tflite
 from export.errors import ToolkitError
 from export.model import GoogLeNet
 
