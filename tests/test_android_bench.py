@@ -337,6 +337,9 @@ def test_runner_pushes_runs_and_writes_the_report(phone: FakePhone, capsys: pyte
     assert fp32["peak_rss_mb"] == pytest.approx(12.8672)
     assert fp32["accuracy"] is None
     assert "errors" not in fp32
+    from benchmarks.report import validate_report
+
+    validate_report(report)  # the host's report schema, so `benchmarks merge` takes it
 
     calls = phone.calls()
     assert all(call[:2] == ["-s", "ABC"] for call in calls)
