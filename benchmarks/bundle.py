@@ -74,10 +74,6 @@ parses init time, latency and memory footprint, and writes `results-android-<mod
 """
 
 
-def _hash(path: Path) -> str:
-    return device_runner.file_sha256(path)
-
-
 def _preprocess_key(info: dict) -> str:
     text = json.dumps(info["preprocess"], sort_keys=True)
     return f"{info['preprocess'].get('layout', 'NCHW').lower()}-{hashlib.sha256(text.encode()).hexdigest()[:10]}"
@@ -133,7 +129,9 @@ def build_bundle(
             version=__version__, models=len(models), images=len(ref_set.labels), archive=out.name, root=BUNDLE_ROOT
         )
         (root / "README.md").write_text(readme, encoding="utf-8")
-        files = {p.relative_to(root).as_posix(): _hash(p) for p in sorted(root.rglob("*")) if p.is_file()}
+        files = {
+            p.relative_to(root).as_posix(): device_runner.file_sha256(p) for p in sorted(root.rglob("*")) if p.is_file()
+        }
         manifest = {
             "schema_version": device_runner.SCHEMA_VERSION,
             "created_by": f"googlenet-edge {__version__}",

@@ -3,18 +3,16 @@
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import sys
-import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import NoReturn
 
 from rich.console import Console
 
 from benchmarks import commands as cmd
+from export.artifacts import write_json
 from export.errors import EXIT_USAGE, ToolkitError, one_line
 
 
@@ -35,27 +33,6 @@ class Command:
     run: Callable[[argparse.Namespace], int]
 
 
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Write beside the target then rename, so a crash never leaves half a report."""
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    except OSError as exc:
-        raise ToolkitError(f"cannot write ({one_line(exc)})", path) from None
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(data, handle, indent=2)
-            handle.write("\n")
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 would hide the report from other users
-        os.replace(tmp, path)
-    except OSError as exc:
-        raise ToolkitError(f"cannot write ({one_line(exc)})", path) from None
-    finally:
-        Path(tmp).unlink(missing_ok=True)
-
-
 def _configure_macs(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("file", type=Path, help="model to count (.onnx or .tflite)")
     parser.add_argument("--layers", action="store_true", help="also print one row per layer")
@@ -72,7 +49,7 @@ def _run_macs(args: argparse.Namespace) -> int:
     console.print(render_table(report))
     if args.json:
         paper = [asdict(row) for row in compare_with_paper(report)]
-        write_json_atomic(args.json, {**report.to_dict(), "paper_table1": paper})
+        write_json(args.json, {**report.to_dict(), "paper_table1": paper})
         console.print(f"wrote {args.json}")
     return 0
 

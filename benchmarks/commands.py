@@ -29,14 +29,14 @@ def configure_run(parser: argparse.ArgumentParser) -> None:
 
 
 def run_run(args: argparse.Namespace) -> int:
-    from benchmarks.cli import write_json_atomic
-    from benchmarks.plot import plot_report
+    from benchmarks.plot import plot_report, require_matplotlib
     from benchmarks.run import RunOptions, report_table, run
+    from export.artifacts import write_json
 
     if args.eval is not None and not args.eval.is_dir():
         raise ToolkitError("evaluation folder not found", args.eval)
     if args.plot is not None:
-        _require_matplotlib()
+        require_matplotlib()
     options = RunOptions(
         artifacts=list(args.artifacts),
         reference=args.reference,
@@ -49,19 +49,12 @@ def run_run(args: argparse.Namespace) -> int:
     )
     report = run(options)
     ui.show(report_table(report))
-    write_json_atomic(args.out, report)
+    write_json(args.out, report)
     ui.show(f"wrote {args.out}")
     if args.plot is not None:
         target = args.out.with_suffix(".png") if args.plot is True else args.plot
         ui.show(f"wrote {plot_report(report, target)}")
     return 0
-
-
-def _require_matplotlib() -> None:
-    try:
-        import matplotlib  # noqa: F401
-    except ImportError:
-        raise ToolkitError("--plot needs matplotlib: pip install -e '.[plot]'") from None
 
 
 def configure_gate(parser: argparse.ArgumentParser) -> None:
@@ -122,9 +115,9 @@ def configure_compare(parser: argparse.ArgumentParser) -> None:
 def run_compare(args: argparse.Namespace) -> int:
     from dataclasses import asdict
 
-    from benchmarks.cli import write_json_atomic
     from benchmarks.compare import compare
     from benchmarks.report import load_report
+    from export.artifacts import write_json
 
     changes = compare(load_report(args.old), load_report(args.new))
     style = {"better": "[green]better[/green]", "worse": "[red]worse[/red]"}
@@ -134,9 +127,7 @@ def run_compare(args: argparse.Namespace) -> int:
     title = f"{args.old} -> {args.new}: {counts['better']} better, {counts['worse']} worse, {counts['same']} same"
     ui.show(ui.table(title, ("artifact", "device", "metric", "old", "new", ""), rows))
     if args.json:
-        write_json_atomic(
-            args.json, {"old": str(args.old), "new": str(args.new), "changes": [asdict(c) for c in changes]}
-        )
+        write_json(args.json, {"old": str(args.old), "new": str(args.new), "changes": [asdict(c) for c in changes]})
         ui.show(f"wrote {args.json}")
     return 0
 
@@ -152,11 +143,11 @@ def configure_schema(parser: argparse.ArgumentParser) -> None:
 
 
 def run_schema(args: argparse.Namespace) -> int:
-    from benchmarks.cli import write_json_atomic
     from benchmarks.report import REPORT_SCHEMA
+    from export.artifacts import write_json
 
     if args.out:
-        write_json_atomic(args.out, REPORT_SCHEMA)
+        write_json(args.out, REPORT_SCHEMA)
     else:
         print(json.dumps(REPORT_SCHEMA, indent=2))
     return 0
@@ -171,7 +162,6 @@ def run_plot(args: argparse.Namespace) -> int:
     from benchmarks.plot import plot_report
     from benchmarks.report import load_report
 
-    _require_matplotlib()
     report = load_report(args.report)
     ui.show(f"wrote {plot_report(report, args.out or args.report.with_suffix('.png'))}")
     return 0
@@ -209,12 +199,12 @@ def configure_merge(parser: argparse.ArgumentParser) -> None:
 
 def run_merge(args: argparse.Namespace) -> int:
     from benchmarks.bundle import merge_reports
-    from benchmarks.cli import write_json_atomic
     from benchmarks.report import load_report
     from benchmarks.run import report_table
+    from export.artifacts import write_json
 
     merged = merge_reports([(path, load_report(path)) for path in args.reports])
     ui.show(report_table(merged))
-    write_json_atomic(args.out, merged)
+    write_json(args.out, merged)
     ui.show(f"wrote {args.out}")
     return 0

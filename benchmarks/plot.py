@@ -10,8 +10,10 @@ from export.errors import ToolkitError
 MARKERS = {"onnx": "o", "tflite": "s"}
 
 
-def plot_report(report: dict, path: Path) -> Path:
-    """Write a PNG; matplotlib is the optional `[plot]` extra, imported only here."""
+def require_matplotlib():
+    """pyplot on a file-only backend; matplotlib is the optional `[plot]` extra, imported only here.
+
+    `run --plot` calls it before the long measurement, so a missing extra fails at once."""
     try:
         import matplotlib
 
@@ -19,6 +21,12 @@ def plot_report(report: dict, path: Path) -> Path:
         import matplotlib.pyplot as plt
     except ImportError:
         raise ToolkitError("--plot needs matplotlib: pip install -e '.[plot]'") from None
+    return plt
+
+
+def plot_report(report: dict, path: Path) -> Path:
+    """Write the PNG (atomically)."""
+    plt = require_matplotlib()
     points = []
     for a in report["artifacts"]:
         acc = a.get("accuracy") or {}

@@ -16,10 +16,10 @@ import argparse
 import sys
 from pathlib import Path
 
-from benchmarks.cli import write_json_atomic
 from benchmarks.commands import count, thread_counts
 from benchmarks.run import RunOptions, report_table, run
 from export import ui
+from export.artifacts import write_json
 from export.errors import EXIT_USAGE, ToolkitError, one_line
 
 PAIRS = (("onnx", "googlenet.onnx", "googlenet.int8.onnx"), ("tflite", "googlenet.tflite", "googlenet.int8.tflite"))
@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {one_line(exc)}", file=sys.stderr)
         return EXIT_USAGE
     result = {"report": report, "int8_over_fp32": ratios(report), "markdown": markdown(report)}
-    write_json_atomic(args.out, result)
+    write_json(args.out, result)
     ui.show(report_table(report))
     print(result["markdown"])
     for row in result["int8_over_fp32"]:

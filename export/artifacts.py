@@ -41,12 +41,27 @@ def publish(files: dict[Path, Path]) -> None:
         os.replace(tmp, final)
 
 
-def write_json(path: Path, data: dict) -> None:
-    """Stable JSON (sorted keys, fixed indentation), written atomically."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True, allow_nan=False) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+def write_json(path: Path, data: object) -> None:
+    """Stable JSON (sorted keys, fixed indentation), written beside the target and renamed into place,
+    so a crash never leaves half a file; an unwritable place is the user's one-line error."""
+    path = Path(path)
+    text = json.dumps(data, indent=2, sort_keys=True, allow_nan=False) + "\n"
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as exc:
+        raise ToolkitError(f"cannot write ({one_line(exc)})", path) from None
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 would hide the file from other users
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise ToolkitError(f"cannot write ({one_line(exc)})", path) from None
+    finally:
+        Path(tmp).unlink(missing_ok=True)
 
 
 def read_json(path: Path) -> dict:

@@ -15,6 +15,7 @@ import numpy as np
 import onnx
 import torch
 
+from benchmarks.device_runner import file_sha256
 from export import __version__, paths
 from export.artifacts import publish, set_onnx_metadata, sidecar_path, staging_dir, write_json
 from export.errors import ToolkitError, one_line
@@ -33,7 +34,7 @@ from export.lrn import ONNX_TRANSLATIONS
 from export.runtime import OnnxRunner, throughput_runner
 from export.sample_images import validation_photos
 from export.ui import step, warn
-from export.weights import LoadedModel, file_sha256
+from export.weights import LoadedModel
 
 # Newest opset that every stage here handles: torch's exporter, onnxsim, ONNX Runtime and its quantizer.
 DEFAULT_OPSET = 21

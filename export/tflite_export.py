@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks.device_runner import file_sha256
 from export import __version__
 from export.artifacts import publish, set_tflite_metadata, sidecar_path, staging_dir, write_json
 from export.errors import ToolkitError, one_line
@@ -26,7 +27,7 @@ from export.preprocess import Preprocess
 from export.runtime import TfliteRunner, tflite_op_histogram
 from export.sample_images import validation_photos
 from export.ui import step
-from export.weights import LoadedModel, file_sha256
+from export.weights import LoadedModel
 
 TFLITE_TOLERANCE = 1e-3  # max |TFLite fp32 - ONNX fp32| logit error, relative to the logit range
 QUANTIZE_MODES = ("int8", "fp16", "dynamic")

@@ -7,7 +7,6 @@ name with shape checks), `$GOOGLENET_WEIGHTS`, or seeded random initialisation (
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import warnings
@@ -18,6 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from benchmarks.device_runner import file_sha256
 from export import paths
 from export.errors import ToolkitError, one_line
 from export.labels import LabelSet, generic_labels, imagenet_labels, read_label_file
@@ -62,14 +62,6 @@ class LoadedModel:
             "arch": self.arch,
             "num_classes": self.num_classes,
         }
-
-
-def file_sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 # -- state_dict sources ------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
+from benchmarks.device_runner import file_sha256
 from export import __version__
 from export.artifacts import publish, read_onnx_metadata, set_onnx_metadata, sidecar_path, staging_dir, write_json
 from export.errors import ToolkitError, one_line
@@ -19,7 +20,6 @@ from export.evaluation import EvalSet, predict, round_floats
 from export.hostinfo import host_facts, int8_host_caveat
 from export.runtime import throughput_runner
 from export.ui import progress, step
-from export.weights import file_sha256
 from quantize.calibration import CalibrationSource, OrtCalibrationReader
 from quantize.drift import layer_errors, measure
 from quantize.presets import QuantizationConfig
