@@ -368,7 +368,7 @@ def measure_in_subprocess(
 # ---------------------------------------------------------------- the bundle
 
 
-def file_sha256(path: Path) -> str:
+def file_sha256(path: str | Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         for chunk in iter(lambda: handle.read(1 << 20), b""):
@@ -405,6 +405,8 @@ def run_bundle(
             f"--only {unknown[0]}: not in this bundle ({', '.join(m['name'] for m in manifest['models'])})"
         )
     labels = np.load(root / manifest["labels"]) if manifest.get("labels") else None
+    reference = np.load(root / manifest["reference_outputs"]) if manifest.get("reference_outputs") else None
+    inputs_by_file: dict[str, np.ndarray] = {}  # ONNX fp32 and int8 share one preprocessed set
     artifacts = []
     for model in manifest["models"]:
         if only and model["name"] not in only:
@@ -414,11 +416,14 @@ def run_bundle(
             print(f"skipping {model['name']}: {missing}", file=sys.stderr, flush=True)
             continue
         print(f"measuring {model['name']} ({model['format']} {model['precision']}) ...", file=sys.stderr, flush=True)
-        inputs = np.load(root / model["inputs"])
+        if model["inputs"] not in inputs_by_file:
+            inputs_by_file[model["inputs"]] = np.load(root / model["inputs"])
         entry = {k: v for k, v in model.items() if k not in ("inputs", "file", "sample")}
         entry.update(path=model["file"], device=device)
         entry.update(measure_in_subprocess(root / model["file"], root / model["sample"], threads, runs, warmup))
-        entry["accuracy"] = evaluate(root / model["file"], model, inputs, labels, root, manifest)
+        entry["accuracy"] = evaluate(
+            root / model["file"], model, inputs_by_file[model["inputs"]], labels, reference, manifest.get("reference")
+        )
         artifacts.append(entry)
     if not artifacts:
         raise RunnerError("nothing measured: pip install ai-edge-litert (for .tflite) or onnxruntime (for .onnx)")
@@ -426,17 +431,24 @@ def run_bundle(
     return round_floats({"schema_version": SCHEMA_VERSION, "host": facts, "settings": settings, "artifacts": artifacts})  # type: ignore[return-value]
 
 
-def evaluate(path: Path, model: dict, inputs: np.ndarray, labels, root: Path, manifest: dict) -> dict | None:
+def has_emulated_run(fmt: str, precision: str) -> bool:
+    """An int8 ONNX is also run with graph optimisations off: int8 arithmetic emulated in float, the same on any
+    CPU (ONNX Runtime's x86 u8s8 kernels can saturate where ARM and VNNI devices do not)."""
+    return fmt == "onnx" and precision == "int8"
+
+
+def evaluate(
+    path: Path, model: dict, inputs: np.ndarray, labels, reference: np.ndarray | None, reference_name: str | None
+) -> dict | None:
     """Accuracy vs the labels and the FP32 reference outputs recorded on the host for the same inputs."""
-    if labels is None and not manifest.get("reference_outputs"):
+    if labels is None and reference is None:
         return None
     labels = labels if labels is not None else np.full(len(inputs), -1)
-    reference = np.load(root / manifest["reference_outputs"]) if manifest.get("reference_outputs") else None
     logits = predict(open_session(path, 1), inputs)
-    block = accuracy_block(logits, labels, reference, manifest.get("reference"))
-    if model["format"] == "onnx" and model["precision"] == "int8":
+    block = accuracy_block(logits, labels, reference, reference_name)
+    if has_emulated_run(model["format"], model["precision"]):
         emulated = predict(open_session(path, 1, emulate=True), inputs)
-        block["emulated"] = accuracy_block(emulated, labels, reference, manifest.get("reference"))
+        block["emulated"] = accuracy_block(emulated, labels, reference, reference_name)
     return block
 
 

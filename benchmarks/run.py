@@ -238,7 +238,7 @@ def _accuracy(path: Path, info: dict, inputs, reference: Path | None, reference_
     else:
         logits = predict(evaluation_runner(path), eval_set.inputs, f"Evaluating {path.name}")
     block = device_runner.accuracy_block(logits, eval_set.labels, reference_logits, ref_name)
-    if info["format"] == "onnx" and info["precision"] == "int8":
+    if device_runner.has_emulated_run(info["format"], info["precision"]):
         emulated = predict(evaluation_runner(path, emulate=True), eval_set.inputs, f"Evaluating {path.name} (emulated)")
         block["emulated"] = device_runner.accuracy_block(emulated, eval_set.labels, reference_logits, ref_name)
     return block
