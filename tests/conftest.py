@@ -139,6 +139,21 @@ def _cli_env(overrides: dict[str, str | None]) -> dict[str, str]:
 CliRunner = Callable[..., subprocess.CompletedProcess]
 
 
+def _run_module(
+    module: str, args: tuple, env: dict[str, str | None] | None, timeout: float, cwd: Path | None
+) -> subprocess.CompletedProcess:
+    """`python -m <module> ...` with this environment (no `$GOOGLENET_WEIGHTS`) updated with `env`; text output."""
+    return subprocess.run(
+        [sys.executable, "-m", module, *(str(a) for a in args)],
+        cwd=cwd or PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        env=_cli_env(env or {}),
+        timeout=timeout,
+        check=False,
+    )
+
+
 @pytest.fixture(scope="session")
 def run_export_cli() -> CliRunner:
     """`run_export_cli("onnx", "--no-eval", ..., env={"TMPDIR": ...})` runs `python -m export ...` in the
@@ -151,15 +166,17 @@ def run_export_cli() -> CliRunner:
     def run(
         *args: str | Path, env: dict[str, str | None] | None = None, timeout: float = 600
     ) -> subprocess.CompletedProcess:
-        return subprocess.run(
-            [sys.executable, "-m", "export", *(str(a) for a in args)],
-            cwd=PROJECT_ROOT,
-            capture_output=True,
-            text=True,
-            env=_cli_env(env or {}),
-            timeout=timeout,
-            check=False,
-        )
+        return _run_module("export", args, env, timeout, None)
+
+    return run
+
+
+@pytest.fixture(scope="session")
+def run_bench_cli() -> CliRunner:
+    """`run_bench_cli("gate", report, cwd=tmp)` runs `python -m benchmarks ...` (in `cwd`, default the project)."""
+
+    def run(*args: object, cwd: Path | None = None, timeout: float = 900) -> subprocess.CompletedProcess:
+        return _run_module("benchmarks", args, {"PYTHONPATH": str(PROJECT_ROOT)}, timeout, cwd)
 
     return run
 

@@ -7,10 +7,7 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import resource
-import subprocess
-import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -23,14 +20,6 @@ from benchmarks.report import REPORT_SCHEMA, validate_report
 from export.errors import ToolkitError
 
 pytestmark = pytest.mark.slow
-
-REPO = Path(__file__).resolve().parents[1]
-
-
-def bench_cli(*args: object, cwd: Path | None = None, timeout: float = 900) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    command = [sys.executable, "-m", "benchmarks", *map(str, args)]
-    return subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env, cwd=cwd or REPO)
 
 
 @pytest.fixture(scope="session")
@@ -135,9 +124,11 @@ def reports(bench_report: dict, tmp_path_factory) -> dict[str, Path]:
     return {"with_broken": with_broken, "real": real_path, "folder": folder}
 
 
-def test_gate_fails_the_broken_int8_model_and_writes_junit(reports: dict) -> None:
+def test_gate_fails_the_broken_int8_model_and_writes_junit(run_bench_cli, reports: dict) -> None:
     junit = reports["folder"] / "gate.xml"
-    done = bench_cli("gate", reports["with_broken"], "--max-top1-drop", "5", "--min-agreement", "0.9", "--junit", junit)
+    done = run_bench_cli(
+        "gate", reports["with_broken"], "--max-top1-drop", "5", "--min-agreement", "0.9", "--junit", junit
+    )
     assert done.returncode == 1, done.stderr
     failing = [line for line in done.stderr.splitlines() if line.startswith("FAIL")]
     assert len(failing) == 1 and "googlenet-black.int8.onnx" in failing[0] and "agreement" in failing[0]
@@ -147,22 +138,22 @@ def test_gate_fails_the_broken_int8_model_and_writes_junit(reports: dict) -> Non
     assert failed == ["googlenet-black.int8.onnx"]
 
 
-def test_gate_passes_the_real_models(reports: dict) -> None:
+def test_gate_passes_the_real_models(run_bench_cli, reports: dict) -> None:
     junit = reports["folder"] / "pass.xml"
-    done = bench_cli("gate", reports["real"], "--max-top1-drop", "5", "--min-agreement", "0.9", "--junit", junit)
+    done = run_bench_cli("gate", reports["real"], "--max-top1-drop", "5", "--min-agreement", "0.9", "--junit", junit)
     assert done.returncode == 0, done.stdout + done.stderr
     assert ET.parse(junit).getroot().find("testsuite").get("failures") == "0"
 
 
-def test_gate_defaults_come_from_pyproject(reports: dict, tmp_path: Path) -> None:
+def test_gate_defaults_come_from_pyproject(run_bench_cli, reports: dict, tmp_path: Path) -> None:
     (tmp_path / "pyproject.toml").write_text("[tool.googlenet-edge.gate]\nmax_size_mb = 10\n")
-    done = bench_cli("gate", reports["real"], "--max-top1-drop", "5", "--min-agreement", "0.9", cwd=tmp_path)
+    done = run_bench_cli("gate", reports["real"], "--max-top1-drop", "5", "--min-agreement", "0.9", cwd=tmp_path)
     assert done.returncode == 1
     assert all("size" in line for line in done.stderr.splitlines() if line.startswith("FAIL"))
     assert "googlenet.onnx" in done.stderr and "googlenet.int8.onnx" not in done.stderr
 
 
-def test_gate_latency_ratio_is_judged_against_the_reference(bench_report: dict, tmp_path: Path) -> None:
+def test_gate_latency_ratio_is_judged_against_the_reference(run_bench_cli, bench_report: dict, tmp_path: Path) -> None:
     """Ratios to the reference measured in the same run (here made 10x slower on purpose)."""
     slowed = copy.deepcopy(bench_report)
     slowed["artifacts"] = [a for a in slowed["artifacts"] if "black" not in a["name"]]
@@ -171,7 +162,7 @@ def test_gate_latency_ratio_is_judged_against_the_reference(bench_report: dict, 
         stats["median"] = 10 * reference[threads]["median"]
     path = tmp_path / "slow.json"
     path.write_text(json.dumps(slowed))
-    done = bench_cli("gate", path, "--max-top1-drop", "50", "--min-agreement", "0", "--max-latency-ratio", "1.5")
+    done = run_bench_cli("gate", path, "--max-top1-drop", "50", "--min-agreement", "0", "--max-latency-ratio", "1.5")
     assert done.returncode == 1
     failing = [line for line in done.stderr.splitlines() if line.startswith("FAIL")]
     assert len(failing) == 1 and "googlenet.int8.onnx" in failing[0] and "latency" in failing[0]
@@ -185,22 +176,22 @@ def test_gate_latency_ratio_is_judged_against_the_reference(bench_report: dict, 
         (["--bogus"], "unrecognized arguments"),
     ],
 )
-def test_gate_usage_errors_exit_2(reports: dict, tmp_path: Path, args: list[str], message: str) -> None:
+def test_gate_usage_errors_exit_2(run_bench_cli, reports: dict, tmp_path: Path, args: list[str], message: str) -> None:
     argv = args if args[0].endswith(".json") else [reports["real"], *args]
-    done = bench_cli("gate", *argv, cwd=tmp_path)
+    done = run_bench_cli("gate", *argv, cwd=tmp_path)
     assert done.returncode == 2
     assert len(done.stderr.strip().splitlines()) == 1 and message in done.stderr
 
 
-def test_gate_refuses_a_file_that_is_not_a_report(tmp_path: Path) -> None:
+def test_gate_refuses_a_file_that_is_not_a_report(run_bench_cli, tmp_path: Path) -> None:
     bad = tmp_path / "r.json"
     bad.write_text(json.dumps({"schema_version": 1, "host": {"cpu": "x", "cores": 1, "isa": []}, "artifacts": [{}]}))
-    done = bench_cli("gate", bad)
+    done = run_bench_cli("gate", bad)
     assert done.returncode == 2 and "not a benchmark report" in done.stderr and "Traceback" not in done.stderr
 
 
 # -- compare ------------------------------------------------------------------------------------------------
-def test_compare_reports_what_got_worse(reports: dict, bench_report: dict, tmp_path: Path) -> None:
+def test_compare_reports_what_got_worse(run_bench_cli, reports: dict, bench_report: dict, tmp_path: Path) -> None:
     from benchmarks.compare import compare
 
     slower = copy.deepcopy(bench_report)
@@ -213,7 +204,7 @@ def test_compare_reports_what_got_worse(reports: dict, bench_report: dict, tmp_p
     assert all(c.verdict == "same" for c in changes if not c.metric.startswith("ms p50"))
     new = tmp_path / "new.json"
     new.write_text(json.dumps(slower))
-    done = bench_cli("compare", reports["real"], new, "--json", tmp_path / "diff.json")
+    done = run_bench_cli("compare", reports["real"], new, "--json", tmp_path / "diff.json")
     assert done.returncode == 0, done.stderr
     assert "worse" in done.stdout
     diff = json.loads((tmp_path / "diff.json").read_text())
@@ -222,11 +213,13 @@ def test_compare_reports_what_got_worse(reports: dict, bench_report: dict, tmp_p
 
 
 # -- the command line ---------------------------------------------------------------------------------------
-def test_run_cli_prints_the_table_and_writes_report_and_plot(bench_artifacts: dict, imagenet_sample_dir, tmp_path):
+def test_run_cli_prints_the_table_and_writes_report_and_plot(
+    run_bench_cli, bench_artifacts: dict, imagenet_sample_dir, tmp_path
+):
     out = tmp_path / "report.json"
     fp32 = bench_artifacts["folder"] / "googlenet.onnx"
     int8 = bench_artifacts["folder"] / "googlenet.int8.onnx"
-    done = bench_cli(
+    done = run_bench_cli(
         "run", fp32, int8, "--eval", imagenet_sample_dir, "--eval-size", "8", "--threads", "1",
         "--runs", "3", "--warmup", "0", "--out", out, "--plot",
     )  # fmt: skip
@@ -247,8 +240,8 @@ def test_run_cli_prints_the_table_and_writes_report_and_plot(bench_artifacts: di
         (["--eval", "no-such-dir"], "evaluation folder not found"),
     ],
 )
-def test_run_usage_errors_exit_2(args: list[str], message: str, tmp_path: Path) -> None:
-    done = bench_cli("run", *args, "--out", tmp_path / "r.json", cwd=tmp_path)
+def test_run_usage_errors_exit_2(run_bench_cli, args: list[str], message: str, tmp_path: Path) -> None:
+    done = run_bench_cli("run", *args, "--out", tmp_path / "r.json", cwd=tmp_path)
     assert done.returncode == 2, done.stderr
     assert len(done.stderr.strip().splitlines()) == 1 and message in done.stderr
     assert not (tmp_path / "r.json").exists()

@@ -21,15 +21,8 @@ from benchmarks.report import REPORT_SCHEMA
 
 pytestmark = pytest.mark.slow
 
-REPO = Path(__file__).resolve().parents[1]
 EVAL_SIZE = 12
 DEVICE = "bundle-venv"
-
-
-def bench_cli(*args: object, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    command = [sys.executable, "-m", "benchmarks", *map(str, args)]
-    return subprocess.run(command, capture_output=True, text=True, timeout=900, env=env, cwd=cwd or REPO)
 
 
 def bare_env() -> dict[str, str]:
@@ -55,10 +48,10 @@ def device_venv(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def bundle(bench_artifacts: dict, imagenet_sample_dir: Path, tmp_path_factory) -> Path:
+def bundle(run_bench_cli, bench_artifacts: dict, imagenet_sample_dir: Path, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("bundle") / "googlenet-bench.tar.gz"
     models = [p for p in bench_artifacts["models"] if "black" not in p.name]
-    done = bench_cli("bundle", *models, "--eval", imagenet_sample_dir, "--eval-size", EVAL_SIZE, "--out", out)
+    done = run_bench_cli("bundle", *models, "--eval", imagenet_sample_dir, "--eval-size", EVAL_SIZE, "--out", out)
     assert done.returncode == 0, done.stderr[-3000:]
     return out
 
@@ -110,10 +103,12 @@ def test_bundle_holds_models_inputs_runner_and_manifest(bundle: Path, tmp_path: 
     assert "from export" not in run_py and "import torch" not in run_py and "from benchmarks" not in run_py
 
 
-def test_bundle_is_reproducible(bundle: Path, bench_artifacts: dict, imagenet_sample_dir: Path, tmp_path: Path):
+def test_bundle_is_reproducible(
+    run_bench_cli, bundle: Path, bench_artifacts: dict, imagenet_sample_dir: Path, tmp_path: Path
+):
     again = tmp_path / bundle.name  # same name: the README inside quotes it
     models = [p for p in bench_artifacts["models"] if "black" not in p.name]
-    done = bench_cli("bundle", *models, "--eval", imagenet_sample_dir, "--eval-size", EVAL_SIZE, "--out", again)
+    done = run_bench_cli("bundle", *models, "--eval", imagenet_sample_dir, "--eval-size", EVAL_SIZE, "--out", again)
     assert done.returncode == 0, done.stderr[-2000:]
     assert again.read_bytes() == bundle.read_bytes()
 
@@ -143,20 +138,22 @@ def test_device_results_equal_the_host_benchmark(device_results: Path, host_repo
     assert device["host"]["cores"] >= 1 and "onnxruntime" in device["host"]["runtimes"]
 
 
-def test_merge_puts_host_and_device_side_by_side(device_results: Path, host_report: Path, tmp_path: Path) -> None:
+def test_merge_puts_host_and_device_side_by_side(
+    run_bench_cli, device_results: Path, host_report: Path, tmp_path: Path
+) -> None:
     merged_path = tmp_path / "merged.json"
-    done = bench_cli("merge", host_report, device_results, "--out", merged_path)
+    done = run_bench_cli("merge", host_report, device_results, "--out", merged_path)
     assert done.returncode == 0, done.stderr[-2000:]
     merged = json.loads(merged_path.read_text())
     jsonschema.validate(merged, REPORT_SCHEMA)
     devices = {a["device"] for a in merged["artifacts"]}
     assert DEVICE in devices and len(devices) == 2 and set(merged["hosts"]) == devices
     assert "device" in done.stdout
-    gate = bench_cli("gate", merged_path, "--max-top1-drop", "50", "--min-agreement", "0.5")
+    gate = run_bench_cli("gate", merged_path, "--max-top1-drop", "50", "--min-agreement", "0.5")
     assert gate.returncode == 0, gate.stdout + gate.stderr
-    plot = bench_cli("plot", merged_path, "--out", tmp_path / "merged.png")
+    plot = run_bench_cli("plot", merged_path, "--out", tmp_path / "merged.png")
     assert plot.returncode == 0 and (tmp_path / "merged.png").stat().st_size > 20_000
-    again = bench_cli("merge", host_report, host_report, "--out", tmp_path / "twice.json")
+    again = run_bench_cli("merge", host_report, host_report, "--out", tmp_path / "twice.json")
     assert again.returncode == 2 and "also in" in again.stderr
 
 
@@ -180,10 +177,14 @@ def test_a_corrupted_bundle_is_refused(bundle: Path, device_venv: Path, tmp_path
     assert not list(root.parent.glob("results-*.json")) and not list(root.glob("results-*.json"))
 
 
-def test_bundle_usage_errors(tmp_path: Path, imagenet_sample_dir: Path, bench_artifacts: dict) -> None:
-    done = bench_cli("bundle", bench_artifacts["folder"], "--eval", tmp_path / "nope", "--out", tmp_path / "b.tar.gz")
+def test_bundle_usage_errors(run_bench_cli, tmp_path: Path, imagenet_sample_dir: Path, bench_artifacts: dict) -> None:
+    done = run_bench_cli(
+        "bundle", bench_artifacts["folder"], "--eval", tmp_path / "nope", "--out", tmp_path / "b.tar.gz"
+    )
     assert done.returncode == 2 and "evaluation folder not found" in done.stderr
-    done = bench_cli("bundle", bench_artifacts["folder"], "--eval", imagenet_sample_dir, "--out", tmp_path / "b.zip")
+    done = run_bench_cli(
+        "bundle", bench_artifacts["folder"], "--eval", imagenet_sample_dir, "--out", tmp_path / "b.zip"
+    )
     assert done.returncode == 2 and ".tar.gz" in done.stderr
     assert not list(tmp_path.iterdir())
 
