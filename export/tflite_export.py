@@ -26,6 +26,8 @@ from export.evaluation import EvalSet, accuracy, check_logits_match, load_eval_s
 from export.preprocess import Preprocess
 from export.runtime import TfliteRunner, tflite_op_histogram
 from export.sample_images import validation_photos
+from export.tflite_int8 import TfliteInt8Config
+from export.tflite_int8 import quantize as quantize_int8
 from export.ui import step
 from export.weights import LoadedModel
 
@@ -68,12 +70,19 @@ def input_preprocess(preprocess: Preprocess, io: str) -> Preprocess:
     return raw_pixel_preprocess(preprocess) if io == "uint8" else preprocess.with_layout("NHWC")
 
 
-def _concrete_function(loaded: LoadedModel, io: str):
+def _concrete_function(
+    loaded: LoadedModel, io: str, calibration: np.ndarray | None = None, config: TfliteInt8Config | None = None
+):
+    """The TF function the converter reads; with `calibration`, int8 weight-rounding bias corrected."""
     tf = require_tensorflow()
     from export.tflite_graph import TFGoogLeNet, with_preprocessing
+    from export.tflite_int8 import bias_shifts
 
-    net = TFGoogLeNet(loaded.model)
+    net = TFGoogLeNet(loaded.model, global_mean=config is None or config.global_mean)
     body = with_preprocessing(net, loaded.preprocess) if io == "uint8" else net
+    if calibration is not None and config is not None and config.bias_correction:
+        recorded = net.record_layer_inputs(body, (calibration[i : i + 10] for i in range(0, len(calibration), 10)))
+        net.bias_shift = bias_shifts(recorded, skip=("conv1",) if config.float_stem else ())
     crop = loaded.preprocess.crop
     module = tf.Module()
     module.serve = tf.function(
@@ -105,30 +114,31 @@ def _native_output_captured():
         path.unlink(missing_ok=True)
 
 
-def convert(loaded: LoadedModel, quantize: str | None, io: str, calibration: np.ndarray | None) -> bytes:
+def convert(
+    loaded: LoadedModel,
+    quantize: str | None,
+    io: str,
+    calibration: np.ndarray | None,
+    int8: TfliteInt8Config | None = None,
+) -> bytes:
     """One TFLite flatbuffer. `calibration`: NHWC float batches in the model input's preprocessing."""
     tf = require_tensorflow()
-    function, module = _concrete_function(loaded, io)
+    if quantize == "int8" and (calibration is None or not len(calibration)):
+        raise ToolkitError("int8 TFLite needs calibration images")
+    if quantize != "int8" and io != "float32":
+        raise ToolkitError(f"--io {io} needs --quantize int8")
+    int8 = int8 or TfliteInt8Config()
+    function, module = _concrete_function(loaded, io, calibration if quantize == "int8" else None, int8)
     converter = tf.lite.TFLiteConverter.from_concrete_functions([function], module)
     if quantize == "fp16":
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
         converter.target_spec.supported_types = [tf.float16]
     elif quantize == "dynamic":
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
-    elif quantize == "int8":
-        if calibration is None or not len(calibration):
-            raise ToolkitError("int8 TFLite needs calibration images")
-        converter.optimizations = [tf.lite.Optimize.DEFAULT]
-        converter.representative_dataset = lambda: ([image[None]] for image in calibration)
-        # Everything int8 except LRN, which has no integer kernel and stays float between (de)quantize.
-        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8, tf.lite.OpsSet.TFLITE_BUILTINS]
-        if io != "float32":
-            converter.inference_input_type = tf.uint8 if io == "uint8" else tf.int8
-            converter.inference_output_type = tf.int8
-    elif io != "float32":
-        raise ToolkitError(f"--io {io} needs --quantize int8")
     with _native_output_captured() as captured:
         try:
+            if quantize == "int8":
+                return quantize_int8(converter, calibration, io, int8)
             return converter.convert()
         except Exception as exc:
             detail = one_line(exc) if str(exc).strip() else captured.read_text(errors="replace")[-300:]
@@ -167,6 +177,7 @@ def export_tflite(
     calibration: dict | None = None,
     eval_set: EvalSet | None = None,
     fp32_logits: np.ndarray | None = None,
+    int8: TfliteInt8Config | None = None,
 ) -> TfliteExportResult:
     """Write `googlenet.tflite` and, with `quantize`, `googlenet.<mode>.tflite`, each verified in LiteRT.
 
@@ -180,6 +191,7 @@ def export_tflite(
     if io != "float32" and quantize != "int8":
         raise ToolkitError(f"--io {io} needs --quantize int8")
     require_tensorflow()
+    int8 = int8 or TfliteInt8Config()
     result = TfliteExportResult()
     base = onnx_path.stem
     photos = load_eval_set(validation_photos(), None, loaded.preprocess, None, "Loading validation photos")
@@ -191,7 +203,7 @@ def export_tflite(
             step(f"converting to TFLite {mode or 'fp32'}" + (f" ({mode_io} I/O)" if mode_io != "float32" else ""))
             arrays = calibration["arrays"] if (mode == "int8" and calibration) else None
             staged = stage / tflite_name(base, mode)
-            staged.write_bytes(convert(loaded, mode, mode_io, arrays))
+            staged.write_bytes(convert(loaded, mode, mode_io, arrays, int8))
             elapsed = time.perf_counter() - started
             preprocess = input_preprocess(loaded.preprocess, mode_io)
             info: dict = {
@@ -210,6 +222,7 @@ def export_tflite(
                 info["validation"] = verify_fp32(staged, onnx_path, photos.inputs)
             if mode == "int8" and calibration:
                 info["calibration"] = calibration["describe"]
+                info["quantization"] = int8.to_dict()
             if eval_set is not None and fp32_logits is not None and len(eval_set):
                 inputs = _inputs_for(eval_set, preprocess, loaded)
                 label = f"Evaluating TFLite {mode or 'fp32'}"

@@ -4,7 +4,9 @@ Why not convert the ONNX file: onnx2tf pins older onnx/numpy, downloads a sample
 and pads ceil-mode max pools with -FLT_MAX, which breaks full-integer models. The toolkit owns this
 architecture, so it writes the same network once more in `tf.nn` ops, NHWC from the start: ceil-mode
 3x3/2 max pools become SAME pools (identical windows for these sizes), LRN is TFLite's builtin
-LOCAL_RESPONSE_NORMALIZATION, batch norm (torchvision variant) is folded into the convolutions.
+LOCAL_RESPONSE_NORMALIZATION, batch norm (torchvision variant) is folded into the convolutions, and the
+7x7 average pool over the 7x7 map is a MEAN: in int8, AVERAGE_POOL_2D must keep its input's scale (the
+0-65 range of inception 5b), MEAN gets its own, about 4x finer, for the 1024 features the classifier reads.
 Every conversion is then checked against the ONNX model in LiteRT, so a mistake here cannot ship.
 """
 
@@ -40,7 +42,7 @@ def _conv_params(conv: nn.Conv2d, bn: nn.BatchNorm2d | None = None) -> tuple[np.
 class TFGoogLeNet:
     """A callable of NHWC float32 images -> logits, built from a reference or torchvision GoogLeNet."""
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module, global_mean: bool = True) -> None:
         import tensorflow as tf
 
         self.tf = tf
@@ -48,7 +50,36 @@ class TFGoogLeNet:
         if not isinstance(model, GoogLeNet | TorchvisionGoogLeNet):
             raise TypeError(f"no TensorFlow port for {type(model).__name__}")
         self.model = model.eval()
+        self.global_mean = global_mean  # False: the reference net's 7x7 pool as AVERAGE_POOL_2D (for comparisons)
         self._consts: dict[str, Any] = {}
+        # name -> value subtracted from that layer's bias (int8 weight-rounding correction, export.tflite_int8)
+        self.bias_shift: dict[str, np.ndarray] = {}
+        # while recording (eager calls only): name -> [kernel, sum of inputs per channel, count of input positions]
+        self.recorded: dict[str, list] | None = None
+
+    def record_layer_inputs(self, body, batches) -> dict[str, list]:
+        """Run `body` eagerly on `batches`; per conv/FC layer: its float kernel and mean input per channel."""
+        self.recorded, self._consts = {}, {}
+        try:
+            for batch in batches:
+                body(self.tf.constant(batch))
+            return {name: [kernel, total / count] for name, (kernel, total, count) in self.recorded.items()}
+        finally:
+            self.recorded, self._consts = None, {}  # constants are made again, with the bias shifts
+
+    def _record(self, name: str, kernel: np.ndarray, x) -> None:
+        if self.recorded is None:
+            return
+        total = self.tf.reduce_sum(x, axis=list(range(len(x.shape) - 1))).numpy().astype(np.float64)
+        count = int(np.prod(x.shape[:-1]))
+        if name in self.recorded:
+            self.recorded[name][1] += total
+            self.recorded[name][2] += count
+        else:
+            self.recorded[name] = [kernel, total, count]
+
+    def _bias(self, name: str, bias: np.ndarray) -> np.ndarray:
+        return (bias - self.bias_shift[name]).astype(np.float32) if name in self.bias_shift else bias
 
     def _const(self, key: str, value: np.ndarray):
         if key not in self._consts:
@@ -59,6 +90,8 @@ class TFGoogLeNet:
     def conv(self, x, name: str, conv: nn.Conv2d, bn: nn.BatchNorm2d | None = None, relu: bool = True):
         tf = self.tf
         weight, bias = _conv_params(conv, bn)
+        self._record(name, weight, x)
+        bias = self._bias(name, bias)
         stride, pad, kernel = conv.stride[0], conv.padding[0], conv.kernel_size[0]
         if stride == 1 and pad == kernel // 2:
             padding: Any = "SAME"
@@ -103,7 +136,9 @@ class TFGoogLeNet:
     def classifier(self, x, fc: nn.Linear):
         tf = self.tf
         x = tf.reshape(x, [-1, fc.in_features])
-        return tf.matmul(x, self._const("fc/w", _np(fc.weight).T.copy())) + self._const("fc/b", _np(fc.bias))
+        weight = _np(fc.weight).T.copy()
+        self._record("fc", weight, x)
+        return tf.matmul(x, self._const("fc/w", weight)) + self._const("fc/b", self._bias("fc", _np(fc.bias)))
 
     # -- the network ---------------------------------------------------------------------------------------
     def __call__(self, x):
@@ -127,8 +162,8 @@ class TFGoogLeNet:
             x = self.inception(x, f"inception{name}", getattr(m, f"inception{name}"))
             if name in pools:
                 x = self.max_pool(x, pools[name])
-        if self.torchvision:
-            x = tf.reduce_mean(x, axis=[1, 2], keepdims=True)
+        if self.torchvision or (self.global_mean and x.shape[1] == x.shape[2] == m.avgpool.kernel_size):
+            x = tf.reduce_mean(x, axis=[1, 2], keepdims=True)  # a global average pool (see the module doc)
         else:
             x = tf.nn.avg_pool2d(x, m.avgpool.kernel_size, 1, "VALID")
         return self.classifier(x, m.fc)

@@ -90,10 +90,10 @@ def test_int8_drift_and_size(tflite_run) -> None:
     litert = drift["litert"]
     assert set(litert["fidelity"]) >= {"top1_agreement", "top5_overlap", "kl_mean", "cosine_mean"}
     assert litert["top1_drop_pp"] <= 0.5
-    # Measured here: 97.5% (the issue asks for 98%; see README). Guard against regressions.
-    assert litert["fidelity"]["top1_agreement"] >= 0.97
+    assert litert["fidelity"]["top1_agreement"] >= 0.98  # plain TFLite int8 gives 97.5% here (see README)
     assert info["size_ratio"] <= 0.26
     assert info["calibration"]["images"] == 100
+    assert info["quantization"] == {"float_stem": True, "bias_correction": True, "global_mean": True}
 
 
 def test_metadata_travels_inside_the_tflite_files(tflite_run) -> None:
@@ -115,12 +115,19 @@ def test_metadata_travels_inside_the_tflite_files(tflite_run) -> None:
     assert read_tflite_metadata(out / "googlenet.int8.tflite")["accuracy"]["top1"] > 0.7
 
 
-def test_int8_keeps_only_lrn_in_float(tflite_run) -> None:
+def test_int8_keeps_only_the_stem_and_lrn_in_float(tflite_run) -> None:
     out, _ = tflite_run
     ops = tflite_op_histogram(out / "googlenet.int8.tflite")
     float_compute = {op: n for op, n in ops.items() if op.endswith("[FLOAT32]")}
-    assert float_compute == {"LOCAL_RESPONSE_NORMALIZATION[FLOAT32]": 2}
-    assert ops["CONV_2D[INT8]"] == 57
+    assert float_compute == {
+        "PAD[FLOAT32]": 1,
+        "CONV_2D[FLOAT32]": 1,
+        "MAX_POOL_2D[FLOAT32]": 1,
+        "LOCAL_RESPONSE_NORMALIZATION[FLOAT32]": 2,
+    }
+    assert ops["CONV_2D[INT8]"] == 56 and ops["FULLY_CONNECTED[INT8]"] == 1
+    assert ops["DEQUANTIZE[FLOAT16->FLOAT32]"] == 1  # conv1's kernel, stored as float16
+    assert ops["MEAN[INT8]"] == 1 and not any(op.startswith("AVERAGE_POOL_2D") for op in ops)
     assert json.loads((out / "googlenet.int8.tflite.json").read_text())["ops"] == ops
 
 

@@ -1,0 +1,153 @@
+"""Full-integer int8 TFLite from the toolkit's calibration images, with three measured fixes.
+
+TFLite's plain post-training int8 of this network agrees with FP32 on ~97.5% of held-out photos (mean of
+five calibration draws, 400 photos each), and even int8 weights alone (float activations) on ~98.1%, so
+the per-layer noise has to come down, not just be moved around. Measured noise sources, largest first:
+
+1. The stem. The Caffe input convention (pixels minus the mean, no scaling) makes conv1's output span
+   0-4300, quantized in 17-unit steps right before LRN: on its own ~2/3 of all activation noise.
+   `float_stem` keeps the ops up to the first max pool (pad, conv1, pool1; with uint8 I/O also the
+   pixel normalisation) in float, like LRN after them: 7.5% of the multiply-adds, and conv1's 9,408
+   weights stored as float16 (+9 KB; float32 would push the file past 26% of the fp32 one).
+2. The rounding of int8 weights shifts each output channel's mean. `bias_correction` measures each
+   layer's mean input on the calibration images and subtracts the expected error (empirical bias
+   correction, Nagel et al. 2019, "Data-Free Quantization Through Weight Equalization and Bias
+   Correction", section 4.2).
+3. `global_mean`: the 7x7 average pool exported as MEAN, whose int8 output gets its own range
+   (see `export.tflite_graph`).
+
+The bias correction costs one eager TensorFlow pass over the calibration images (~10 s for 100).
+`python -m benchmarks.tflite_int8_study` measures the fixes over several calibration draws.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from export.errors import ToolkitError
+
+INT8_WEIGHT_MAX = 127  # TFLite int8 weights: symmetric, per output channel, in [-127, 127]
+
+
+@dataclass(frozen=True)
+class TfliteInt8Config:
+    """How `python -m export tflite --quantize int8` quantizes; both fixes on by default."""
+
+    float_stem: bool = True
+    bias_correction: bool = True
+    global_mean: bool = True
+
+    @classmethod
+    def plain(cls) -> TfliteInt8Config:
+        """TFLite's post-training int8 as the converter does it alone (the baseline the fixes are measured on)."""
+        return cls(float_stem=False, bias_correction=False, global_mean=False)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def rounding_error(kernel: np.ndarray) -> np.ndarray:
+    """TFLite's int8 rounding error of a kernel whose last axis is the output channel (HWIO or IO)."""
+    axes = tuple(range(kernel.ndim - 1))
+    scale = np.abs(kernel).max(axis=axes, keepdims=True) / INT8_WEIGHT_MAX
+    scale = np.where(scale == 0, 1.0, scale)
+    return np.round(kernel / scale) * scale - kernel
+
+
+def bias_shifts(recorded: dict[str, list], skip: tuple[str, ...] = ()) -> dict[str, np.ndarray]:
+    """Per layer, the mean output error its weight rounding adds: sum over inputs of error x mean input."""
+    shifts = {}
+    for name, (kernel, mean_input) in recorded.items():
+        if name in skip:
+            continue
+        error = rounding_error(kernel.astype(np.float64))
+        per_input = error.reshape(-1, error.shape[-2], error.shape[-1]).sum(axis=0)  # [in, out]
+        shifts[name] = (mean_input @ per_input).astype(np.float32)
+    return shifts
+
+
+def stem_tensor_names(flatbuffer: bytes) -> list[str]:
+    """Output tensor names of the ops from the input up to and including the first MAX_POOL_2D."""
+    from ai_edge_litert import schema_py_generated as schema
+    from ai_edge_litert.tools import flatbuffer_utils
+
+    model = flatbuffer_utils.convert_bytearray_to_object(bytearray(flatbuffer))
+    graph = model.subgraphs[0]
+    names = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
+    stem = []
+    for op in graph.operators:
+        code = flatbuffer_utils.get_builtin_code_from_operator_code(model.operatorCodes[op.opcodeIndex])
+        stem += [graph.tensors[t].name.decode() for t in op.outputs]
+        if names.get(code) == "MAX_POOL_2D":
+            return stem
+    raise ToolkitError("no max pool in the calibrated model: cannot find the stem to keep in float")
+
+
+def quantize(converter, calibration: np.ndarray, io: str, config: TfliteInt8Config) -> bytes:
+    """Calibrate `converter` on `calibration` (NHWC, the input's own convention), then quantize to int8.
+
+    The calibrated float model goes through the same MLIR quantizer `converter.convert()` would call,
+    only with the stem on its denylist when `config.float_stem`.
+    """
+    import tensorflow as tf
+    from tensorflow.lite.python import convert as tflite_convert  # the converter's own quantizer entry point
+
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    converter.representative_dataset = lambda: ([image[None]] for image in calibration)
+    # Everything int8 except LRN (and the float stem), which have no integer kernel and run between (de)quantize.
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8, tf.lite.OpsSet.TFLITE_BUILTINS]
+    io_type = {"float32": tf.float32, "int8": tf.int8, "uint8": tf.uint8}[io]
+    converter._experimental_calibrate_only = True  # the step tf.lite QuantizationDebugger also takes
+    with warnings.catch_warnings():  # "Statistics for quantized inputs were expected ...; continuing anyway."
+        warnings.filterwarnings("ignore", message="Statistics for quantized inputs", category=UserWarning)
+        calibrated = converter.convert()
+    quantized = tflite_convert.mlir_quantize(
+        calibrated,
+        input_data_type=io_type,
+        output_data_type=tf.float32 if io == "float32" else tf.int8,
+        denylisted_nodes=stem_tensor_names(calibrated) if config.float_stem else None,
+    )
+    if config.float_stem:
+        quantized = stem_weights_to_fp16(quantized)
+    return tflite_convert.deduplicate_readonly_buffers(quantized)  # as convert() does after quantizing
+
+
+def stem_weights_to_fp16(flatbuffer: bytes) -> bytes:
+    """Store the float convolutions' constant kernels as float16 behind a DEQUANTIZE, the way TFLite's own
+    fp16 models do (XNNPACK unpacks them once at load). Keeps the float stem at +9 KB instead of +28 KB."""
+    from ai_edge_litert import schema_py_generated as schema
+    from ai_edge_litert.tools import flatbuffer_utils
+
+    model = flatbuffer_utils.convert_bytearray_to_object(bytearray(flatbuffer))
+    graph = model.subgraphs[0]
+    conv = schema.BuiltinOperator.CONV_2D
+    dequantize = schema.OperatorCodeT()
+    dequantize.builtinCode = dequantize.deprecatedBuiltinCode = schema.BuiltinOperator.DEQUANTIZE
+    dequantize.version = 3  # the first version that takes float16 input
+    unpacks = []
+    for op in graph.operators:
+        code = flatbuffer_utils.get_builtin_code_from_operator_code(model.operatorCodes[op.opcodeIndex])
+        kernel = graph.tensors[op.inputs[1]] if code == conv else None
+        if kernel is None or kernel.type != schema.TensorType.FLOAT32 or model.buffers[kernel.buffer].data is None:
+            continue
+        values = np.frombuffer(bytes(model.buffers[kernel.buffer].data), np.float32)
+        packed = schema.BufferT()
+        packed.data = np.frombuffer(values.astype(np.float16).tobytes(), np.uint8)
+        model.buffers.append(packed)
+        model.buffers[kernel.buffer].data = None
+        half = schema.TensorT()
+        half.name, half.shape, half.type = kernel.name + b"/fp16", kernel.shape, schema.TensorType.FLOAT16
+        half.buffer = len(model.buffers) - 1
+        graph.tensors.append(half)
+        unpack = schema.OperatorT()
+        unpack.opcodeIndex = len(model.operatorCodes)
+        unpack.inputs, unpack.outputs = [len(graph.tensors) - 1], [op.inputs[1]]
+        unpacks.append(unpack)
+    if not unpacks:
+        return flatbuffer
+    model.operatorCodes.append(dequantize)
+    graph.operators[:0] = unpacks
+    return bytes(flatbuffer_utils.convert_object_to_bytearray(model))

@@ -1,0 +1,110 @@
+"""The int8 TFLite fixes of `export.tflite_int8`, each checked against the real converter and LiteRT on tiny graphs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from export.errors import ToolkitError
+from export.runtime import TfliteRunner, tflite_op_histogram
+from export.tflite_int8 import TfliteInt8Config, bias_shifts, quantize, rounding_error, stem_weights_to_fp16
+
+tf = pytest.importorskip("tensorflow", reason="the TFLite converter is the optional extra: pip install -e '.[tflite]'")
+
+RNG = np.random.default_rng(0)
+KERNEL_1 = RNG.normal(0, 0.3, (3, 3, 3, 8)).astype(np.float32)
+KERNEL_2 = RNG.normal(0, 0.3, (3, 3, 8, 16)).astype(np.float32)
+CALIBRATION = RNG.normal(0, 1, (8, 16, 16, 3)).astype(np.float32)
+
+
+def _converter(with_pool: bool = True):
+    @tf.function(input_signature=[tf.TensorSpec([1, 16, 16, 3], tf.float32)], autograph=False)
+    def net(x):
+        y = tf.nn.relu(tf.nn.conv2d(x, KERNEL_1, 1, "SAME"))
+        if with_pool:
+            y = tf.nn.max_pool2d(y, 3, 2, "SAME")
+        return tf.nn.conv2d(y, KERNEL_2, 1, "SAME")
+
+    return tf.lite.TFLiteConverter.from_concrete_functions([net.get_concrete_function()], net)
+
+
+def _kernels(path: Path) -> dict[str, np.ndarray]:
+    """Constant 4-D kernels of a .tflite file, dequantized (int8 per channel, or float16/float32 as stored)."""
+    from ai_edge_litert.tools import flatbuffer_utils
+
+    model = flatbuffer_utils.read_model(str(path))
+    kernels = {}
+    for tensor in model.subgraphs[0].tensors:
+        data = model.buffers[tensor.buffer].data
+        if data is None or len(tensor.shape) != 4:
+            continue
+        dtype = {9: np.int8, 1: np.float16, 0: np.float32}[tensor.type]
+        values = np.frombuffer(bytes(data), dtype).reshape(tensor.shape).astype(np.float64)
+        if tensor.type == 9:
+            values = values * np.asarray(tensor.quantization.scale).reshape(-1, 1, 1, 1)
+        kernels[tensor.name.decode()] = values.transpose(1, 2, 3, 0)  # TFLite OHWI -> HWIO
+    return kernels
+
+
+def test_rounding_error_is_what_the_converter_rounds(tmp_path: Path) -> None:
+    """W + rounding_error(W) equals the int8 kernel TFLite writes, so the bias correction corrects the real error."""
+    path = tmp_path / "int8.tflite"
+    path.write_bytes(quantize(_converter(), CALIBRATION, "float32", TfliteInt8Config(float_stem=False)))
+    stored = sorted(_kernels(path).values(), key=lambda k: k.shape[-1])
+    for kernel, got in zip((KERNEL_1, KERNEL_2), stored, strict=True):
+        expected = kernel + rounding_error(kernel.astype(np.float64))
+        assert np.abs(got - expected).max() <= 1e-6 * np.abs(kernel).max()
+        assert np.abs(got - kernel).max() > 0  # there was rounding to correct
+
+
+def test_bias_shift_is_the_mean_output_error_of_the_rounding() -> None:
+    """For a 1x1 convolution the shift equals the measured mean of (Wq - W) x over the data."""
+    kernel = RNG.normal(0, 0.2, (1, 1, 6, 5))
+    x = RNG.uniform(0, 3, (40, 6))  # post-ReLU inputs: a non-zero mean is what biases the output
+    measured = (x @ rounding_error(kernel)[0, 0]).mean(axis=0)
+    shifts = bias_shifts({"layer": [kernel, x.mean(axis=0)], "skipped": [kernel, x.mean(axis=0)]}, skip=("skipped",))
+    assert set(shifts) == {"layer"}
+    np.testing.assert_allclose(shifts["layer"], measured, rtol=1e-5, atol=1e-7)
+    fc = RNG.normal(0, 0.2, (6, 5))  # a fully connected kernel [in, out] goes through the same formula
+    np.testing.assert_allclose(bias_shifts({"fc": [fc, x.mean(axis=0)]})["fc"], (x @ rounding_error(fc)).mean(0), 1e-5)
+
+
+def test_float_stem_keeps_everything_up_to_the_first_max_pool_in_float(tmp_path: Path) -> None:
+    stem = tmp_path / "stem.tflite"
+    plain = tmp_path / "plain.tflite"
+    stem.write_bytes(quantize(_converter(), CALIBRATION, "float32", TfliteInt8Config()))
+    plain.write_bytes(quantize(_converter(), CALIBRATION, "float32", TfliteInt8Config(float_stem=False)))
+    ops = tflite_op_histogram(stem)
+    assert ops["CONV_2D[FLOAT32]"] == 1 and ops["MAX_POOL_2D[FLOAT32]"] == 1 and ops["CONV_2D[INT8]"] == 1
+    assert ops["DEQUANTIZE[FLOAT16->FLOAT32]"] == 1  # the float kernel is stored as float16
+    assert tflite_op_histogram(plain)["CONV_2D[INT8]"] == 2
+    # Both run in LiteRT and follow the float graph; the float stem strictly more closely on these inputs.
+    fp32 = tmp_path / "fp32.tflite"
+    fp32.write_bytes(_converter().convert())
+    x = RNG.normal(0, 1, (16, 16, 16, 3)).astype(np.float32)
+    expected = TfliteRunner(fp32)(x)
+    errors = {p.name: np.abs(TfliteRunner(p)(x) - expected).mean() for p in (stem, plain)}
+    assert errors["stem.tflite"] < errors["plain.tflite"] < 0.1 * np.abs(expected).mean()
+
+
+def test_fp16_kernels_run_in_litert_and_halve_the_float_weights(tmp_path: Path) -> None:
+    fp32 = tmp_path / "fp32.tflite"
+    half = tmp_path / "half.tflite"
+    fp32.write_bytes(_converter().convert())
+    half.write_bytes(stem_weights_to_fp16(fp32.read_bytes()))
+    assert tflite_op_histogram(half)["DEQUANTIZE[FLOAT16->FLOAT32]"] == 2
+    saved = fp32.stat().st_size - half.stat().st_size
+    assert saved >= (KERNEL_1.size + KERNEL_2.size) * 2 - 512
+    x = RNG.normal(0, 1, (4, 16, 16, 3)).astype(np.float32)
+    expected, got = TfliteRunner(fp32)(x), TfliteRunner(half)(x)
+    assert 0 < np.abs(got - expected).max() <= 2e-3 * np.abs(expected).max()
+
+
+def test_a_graph_without_a_max_pool_has_no_stem_to_keep(tmp_path: Path) -> None:
+    with pytest.raises(ToolkitError, match="no max pool"):
+        quantize(_converter(with_pool=False), CALIBRATION, "float32", TfliteInt8Config())
+    path = tmp_path / "plain.tflite"
+    path.write_bytes(quantize(_converter(with_pool=False), CALIBRATION, "float32", TfliteInt8Config(float_stem=False)))
+    assert tflite_op_histogram(path)["CONV_2D[INT8]"] == 2
