@@ -24,13 +24,13 @@ import numpy as np
 from export.errors import EXIT_USAGE, ToolkitError
 from export.evaluation import accuracy, fidelity, load_eval_folder, round_floats
 from export.hostinfo import host_facts
-from export.tflite_int8 import TfliteInt8Config
+from export.tflite_int8 import RECIPES, TfliteInt8Config
 
-CONFIGS = {
-    "plain": TfliteInt8Config.plain(),
+CONFIGS = {  # the two recipes of --int8-recipe, and the steps between them
+    "plain": RECIPES["plain"],
     "global-mean": replace(TfliteInt8Config.plain(), global_mean=True),
     "mean+stem": TfliteInt8Config(bias_correction=False),
-    "toolkit": TfliteInt8Config(),
+    "toolkit": RECIPES["toolkit"],
 }
 
 

@@ -178,12 +178,16 @@ def _quantize_int8(result: OnnxExportResult, source, config, loaded) -> None:
 
 def run_tflite(args: argparse.Namespace) -> int:
     from export.tflite_export import export_tflite, input_preprocess, require_tensorflow
+    from export.tflite_int8 import recipe
 
     started = time.perf_counter()
     if args.io != "float32" and args.quantize != "int8":
         raise ToolkitError(f"--io {args.io} needs --quantize int8")
     if args.quantize != "int8" and (args.calib is not None or args.calib_size != 200):
         raise ToolkitError("--calib and --calib-size only apply with --quantize int8")
+    if args.quantize != "int8" and args.int8_recipe != "toolkit":
+        raise ToolkitError("--int8-recipe only applies with --quantize int8")
+    int8 = recipe(args.int8_recipe)
     if args.eval is not None and not args.no_eval:
         list_images(args.eval)
     require_tensorflow()
@@ -209,6 +213,7 @@ def run_tflite(args: argparse.Namespace) -> int:
         calibration=calibration,
         eval_set=reference.eval_set,
         fp32_logits=reference.eval_logits,
+        int8=int8,
     )
     _summarize_tflite(result, time.perf_counter() - started)
     return 0

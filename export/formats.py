@@ -115,6 +115,14 @@ OPTIONS: dict[str, Option] = {
             "help": "int8 model input/output type; uint8 takes raw RGB camera pixels (default float32)",
         },
     ),
+    "int8_recipe": Option(
+        ("--int8-recipe",),
+        {
+            "choices": ("toolkit", "plain"),
+            "default": "toolkit",
+            "help": "toolkit: float stem, bias correction, MEAN pool (see README); plain: the TFLite converter alone",
+        },
+    ),
 }
 
 QUANTIZE_OPTIONS = ("calib", "calib_size", "calibration", "target", "exclude")
@@ -145,7 +153,7 @@ FORMATS: tuple[ExportFormat, ...] = (
         suffix=".tflite",
         description="TFLite/LiteRT fp32 (+ int8, fp16 or dynamic-range), verified in LiteRT",
         quantize=("int8", "fp16", "dynamic"),
-        options=(*COMMON, "calib", "calib_size", "io"),
+        options=(*COMMON, "calib", "calib_size", "io", "int8_recipe"),
         extra="tflite",
     ),
 )

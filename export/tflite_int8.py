@@ -49,6 +49,16 @@ class TfliteInt8Config:
         return asdict(self)
 
 
+RECIPES = {"toolkit": TfliteInt8Config(), "plain": TfliteInt8Config.plain()}
+
+
+def recipe(name: str) -> TfliteInt8Config:
+    try:
+        return RECIPES[name]
+    except KeyError:
+        raise ToolkitError(f"unknown --int8-recipe {name!r} (choose from {', '.join(RECIPES)})") from None
+
+
 def rounding_error(kernel: np.ndarray) -> np.ndarray:
     """TFLite's int8 rounding error of a kernel whose last axis is the output channel (HWIO or IO)."""
     axes = tuple(range(kernel.ndim - 1))

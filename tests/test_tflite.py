@@ -157,6 +157,19 @@ def test_uint8_io_takes_raw_camera_pixels(bvlc_loaded, imagenet_sample_dir: Path
     assert accuracy(got, labels)["top1"] >= accuracy(expected, labels)["top1"] - 0.1
 
 
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("--int8-recipe", "plain"), "--int8-recipe only applies with --quantize int8"),
+        (("--quantize", "int8", "--int8-recipe", "best"), "invalid choice: 'best'"),
+    ],
+)
+def test_int8_recipe_misuse_is_a_usage_error(run_export_cli, tmp_path: Path, args, message: str) -> None:
+    done = run_export_cli("tflite", *args, "--out", tmp_path / "o")
+    assert done.returncode == 2 and message in done.stderr and "Traceback" not in done.stderr
+    assert not (tmp_path / "o").exists()
+
+
 def test_io_without_int8_is_a_usage_error(run_export_cli, tmp_path: Path) -> None:
     done = run_export_cli("tflite", "--io", "uint8", "--out", tmp_path / "o")
     assert done.returncode == 2
