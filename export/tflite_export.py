@@ -26,7 +26,7 @@ from export.evaluation import EvalSet, accuracy, check_logits_match, load_eval_s
 from export.preprocess import Preprocess
 from export.runtime import TfliteRunner, tflite_op_histogram
 from export.sample_images import validation_photos
-from export.tflite_int8 import TfliteInt8Config
+from export.tflite_int8 import TfliteInt8Config, bias_shifts
 from export.tflite_int8 import quantize as quantize_int8
 from export.ui import step
 from export.weights import LoadedModel
@@ -76,7 +76,6 @@ def _concrete_function(
     """The TF function the converter reads; with `calibration`, int8 weight-rounding bias corrected."""
     tf = require_tensorflow()
     from export.tflite_graph import TFGoogLeNet, with_preprocessing
-    from export.tflite_int8 import bias_shifts
 
     net = TFGoogLeNet(loaded.model, global_mean=config is None or config.global_mean)
     body = with_preprocessing(net, loaded.preprocess) if io == "uint8" else net
@@ -271,6 +270,7 @@ EMBEDDED_KEYS = (
     "macs",
     "precision",
     "io",
+    "quantization",
 )
 
 

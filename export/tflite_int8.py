@@ -34,7 +34,7 @@ INT8_WEIGHT_MAX = 127  # TFLite int8 weights: symmetric, per output channel, in 
 
 @dataclass(frozen=True)
 class TfliteInt8Config:
-    """How `python -m export tflite --quantize int8` quantizes; both fixes on by default."""
+    """How `python -m export tflite --quantize int8` quantizes; all three fixes on by default."""
 
     float_stem: bool = True
     bias_correction: bool = True

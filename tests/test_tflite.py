@@ -112,7 +112,8 @@ def test_metadata_travels_inside_the_tflite_files(tflite_run) -> None:
         assert embedded["fp32_baseline"]["accuracy"] == sidecar["drift"]["fp32"]["accuracy"]
         assert embedded["fp32_baseline"]["eval"]["images"] == 400
         assert sidecar["sha256"] == file_sha256(out / name)
-    assert read_tflite_metadata(out / "googlenet.int8.tflite")["accuracy"]["top1"] > 0.7
+    int8 = read_tflite_metadata(out / "googlenet.int8.tflite")
+    assert int8["accuracy"]["top1"] > 0.7 and int8["quantization"]["float_stem"] is True
 
 
 def test_int8_keeps_only_the_stem_and_lrn_in_float(tflite_run) -> None:
