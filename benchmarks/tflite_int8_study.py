@@ -84,7 +84,7 @@ def run(weights: Path, calib: Path, calib_size: int, seeds: list[int], configs: 
         summary[name] = {
             "config": CONFIGS[name].to_dict(),
             **{
-                f"{key}_{stat}": float(fn([c[key] for c in mine]))
+                f"{key}_{stat}": round(float(fn([c[key] for c in mine])), 6)
                 for key in ("top1_agreement", "top1_drop_pp", "logit_rms")
                 for stat, fn in (("mean", np.mean), ("min", np.min), ("max", np.max))
             },
