@@ -107,7 +107,7 @@ def quantize(converter, calibration: np.ndarray, io: str, config: TfliteInt8Conf
 
     converter.optimizations = [tf.lite.Optimize.DEFAULT]
     converter.representative_dataset = lambda: ([image[None]] for image in calibration)
-    # Everything int8 except LRN (and the float stem), which have no integer kernel and run between (de)quantize.
+    # Everything int8 except LRN, which has no integer kernel, and the stem, kept in float on purpose (see above).
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8, tf.lite.OpsSet.TFLITE_BUILTINS]
     io_type = {"float32": tf.float32, "int8": tf.int8, "uint8": tf.uint8}[io]
     converter._experimental_calibrate_only = True  # the step tf.lite QuantizationDebugger also takes
