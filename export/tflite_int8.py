@@ -68,7 +68,10 @@ def rounding_error(kernel: np.ndarray) -> np.ndarray:
 
 
 def bias_shifts(recorded: dict[str, list], skip: tuple[str, ...] = ()) -> dict[str, np.ndarray]:
-    """Per layer, the mean output error its weight rounding adds: sum over inputs of error x mean input."""
+    """Per layer, the mean output error its weight rounding adds: sum over inputs of error x mean input.
+
+    `recorded`: name -> [kernel (HWIO or IO), mean input per channel]; border zero padding is not modelled.
+    """
     shifts = {}
     for name, (kernel, mean_input) in recorded.items():
         if name in skip:
