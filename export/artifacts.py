@@ -96,6 +96,8 @@ def read_onnx_metadata(path: Path) -> dict[str, str]:
 
 
 TFLITE_METADATA_NAME = "googlenet_edge"
+# Which network and weights an artifact is, and what it costs: every artifact carries these, whatever its format.
+MODEL_IDENTITY_KEYS = ("arch", "num_classes", "weights", "weights_format", "weights_sha256", "params", "macs")
 
 
 def set_tflite_metadata(path: Path, values: dict[str, object]) -> None:

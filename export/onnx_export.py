@@ -17,7 +17,7 @@ import torch
 
 from benchmarks.device_runner import file_sha256
 from export import __version__, paths
-from export.artifacts import publish, set_onnx_metadata, sidecar_path, staging_dir, write_json
+from export.artifacts import MODEL_IDENTITY_KEYS, publish, set_onnx_metadata, sidecar_path, staging_dir, write_json
 from export.errors import ToolkitError, one_line
 from export.evaluation import (
     EvalSet,
@@ -279,8 +279,8 @@ def export_onnx(loaded: LoadedModel, options: OnnxExportOptions) -> OnnxExportRe
         set_onnx_metadata(
             proto,
             {
-                **{k: info[k] for k in ("arch", "num_classes", "weights", "weights_format", "params", "macs")},
-                "weights_sha256": info["weights_sha256"] or "",
+                **{k: info[k] for k in MODEL_IDENTITY_KEYS},
+                "weights_sha256": info["weights_sha256"] or "",  # ONNX metadata holds strings only
                 "preprocess": loaded.preprocess.to_json(),
                 "labels": loaded.labels.to_dict(),
                 "validation": validation,

@@ -20,7 +20,7 @@ import numpy as np
 
 from benchmarks.device_runner import file_sha256
 from export import __version__
-from export.artifacts import publish, set_tflite_metadata, sidecar_path, staging_dir, write_json
+from export.artifacts import MODEL_IDENTITY_KEYS, publish, set_tflite_metadata, sidecar_path, staging_dir, write_json
 from export.errors import ToolkitError, one_line
 from export.evaluation import EvalSet, accuracy, check_logits_match, load_eval_set, round_floats
 from export.preprocess import Preprocess
@@ -260,18 +260,7 @@ def _inputs_for(eval_set: EvalSet, preprocess: Preprocess, loaded: LoadedModel):
     return again.inputs
 
 
-EMBEDDED_KEYS = (
-    "arch",
-    "num_classes",
-    "weights",
-    "weights_format",
-    "weights_sha256",
-    "params",
-    "macs",
-    "precision",
-    "io",
-    "quantization",
-)
+EMBEDDED_KEYS = (*MODEL_IDENTITY_KEYS, "precision", "io", "quantization")
 
 
 def _embedded_metadata(info: dict) -> dict:

@@ -14,7 +14,15 @@ import onnx
 
 from benchmarks.device_runner import file_sha256
 from export import __version__
-from export.artifacts import publish, read_onnx_metadata, set_onnx_metadata, sidecar_path, staging_dir, write_json
+from export.artifacts import (
+    MODEL_IDENTITY_KEYS,
+    publish,
+    read_onnx_metadata,
+    set_onnx_metadata,
+    sidecar_path,
+    staging_dir,
+    write_json,
+)
 from export.errors import ToolkitError, one_line
 from export.evaluation import EvalSet, predict, round_floats
 from export.hostinfo import host_facts, int8_host_caveat
@@ -26,17 +34,7 @@ from quantize.presets import QuantizationConfig
 
 LAYER_REPORT_IMAGES = 4
 # What the int8 model shares with its FP32 parent: identity, inputs and labels (not its accuracy).
-INHERITED_METADATA = (
-    "arch",
-    "num_classes",
-    "weights",
-    "weights_format",
-    "weights_sha256",
-    "params",
-    "macs",
-    "preprocess",
-    "labels",
-)
+INHERITED_METADATA = (*MODEL_IDENTITY_KEYS, "preprocess", "labels")
 
 
 @dataclass
