@@ -62,6 +62,11 @@ COMMANDS: dict[str, Command] = {
     "plot": Command("latency vs accuracy PNG of a report", cmd.configure_plot, cmd.run_plot),
     "bundle": Command("a self-contained tarball to benchmark on a device", cmd.configure_bundle, cmd.run_bundle),
     "merge": Command("merge host and device reports into one", cmd.configure_merge, cmd.run_merge),
+    "emulate": Command(
+        "run a bundle on emulated aarch64 CPUs (QEMU): int8 accuracy as ARM kernels compute it",
+        cmd.configure_emulate,
+        cmd.run_emulate,
+    ),
     "schema": Command("print the report's JSON Schema", cmd.configure_schema, cmd.run_schema),
 }
 
@@ -81,3 +86,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ToolkitError as exc:
         print(f"error: {one_line(exc)}", file=sys.stderr)
         return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130

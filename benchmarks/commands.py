@@ -64,6 +64,9 @@ def configure_gate(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-latency-ratio", type=float, metavar="R", help="median latency / the reference's")
     parser.add_argument("--max-size-mb", type=float, metavar="M", help="largest file size (MB)")
     parser.add_argument("--accuracy", choices=("emulated", "host"), help="int8 ONNX figures to judge")
+    parser.add_argument(
+        "--device", action="append", metavar="NAME", help="judge only this device of a merged report (repeatable)"
+    )
     parser.add_argument("--junit", type=Path, metavar="FILE", help="write JUnit XML")
 
 
@@ -83,7 +86,7 @@ def run_gate(args: argparse.Namespace) -> int:
         if getattr(args, k) is not None
     }
     limits = replace(limits, **overrides)
-    verdicts = judge(report, limits)
+    verdicts = judge(report, limits, args.device)
     rows = [
         (v.name, v.device, "pass" if v.passed else "FAIL", "; ".join(v.failures) or ", ".join(v.checked))
         for v in verdicts
@@ -207,4 +210,52 @@ def run_merge(args: argparse.Namespace) -> int:
     ui.show(report_table(merged))
     write_json(args.out, merged)
     ui.show(f"wrote {args.out}")
+    return 0
+
+
+def configure_emulate(parser: argparse.ArgumentParser) -> None:
+    from benchmarks.emulate import ARM_CPUS, DEFAULT_CPUS, parse_cpus
+
+    parser.add_argument(
+        "bundle", nargs="?", type=Path, default=Path("artifacts/googlenet-bench.tar.gz"),
+        help="bundle tarball or unpacked folder from `benchmarks bundle` (default artifacts/googlenet-bench.tar.gz)",
+    )  # fmt: skip
+    cpus = "; ".join(f"{c.name} = {c.like}" for c in ARM_CPUS.values())
+    parser.add_argument(
+        "--cpu", type=parse_cpus, default=list(DEFAULT_CPUS), help=f"emulated CPUs, comma-separated ({cpus})"
+    )
+    parser.add_argument("--only", action="append", metavar="MODEL", help="only this model file name (repeatable)")
+    parser.add_argument("--out-dir", type=Path, default=Path("artifacts"), help="where results-qemu-<cpu>.json go")
+    parser.add_argument("--threads", type=count(1), help="inference threads inside the emulator (default: cores)")
+    parser.add_argument("--setup", action="store_true", help="only prepare (or verify) the aarch64 environment")
+    parser.add_argument("--rebuild", action="store_true", help="rebuild the cached aarch64 environment")
+    parser.add_argument("--cache", type=Path, help="cache (default $GOOGLENET_EDGE_CACHE, ~/.cache/googlenet-edge)")
+    parser.add_argument("--mirror", help="Debian mirror for the first setup (default: the one apt uses here)")
+
+
+def run_emulate(args: argparse.Namespace) -> int:
+    from benchmarks.bundle import merge_reports
+    from benchmarks.emulate import emulate
+    from benchmarks.emulation_env import EmulationEnv, default_cache_dir, runtime_pins
+    from benchmarks.report import load_report
+    from benchmarks.run import report_table
+
+    env = EmulationEnv(args.cache or default_cache_dir(), runtime_pins())
+    if not args.setup and not args.bundle.exists():
+        raise ToolkitError("bundle not found (make one with `python -m benchmarks bundle`)", args.bundle)
+    import time
+
+    started = time.monotonic()
+    built = env.setup(rebuild=args.rebuild, mirror=args.mirror)
+    verb = "built" if built else "verified"
+    ui.show(f"aarch64 environment {verb} in {time.monotonic() - started:.1f} s: {env.path}")
+    if args.setup:
+        return 0
+    written = emulate(args.bundle, args.cpu, args.out_dir, env, args.only, args.threads)
+    merged = merge_reports([(path, load_report(path)) for path in written])
+    ui.show(report_table(merged))
+    ui.show("emulated CPUs: accuracy as ARM's kernels compute it; not timed (an emulator's times are not a device's)")
+    for path in written:
+        ui.show(f"wrote {path}")
+    ui.show(f"merge with the host's report: python -m benchmarks merge report.json {' '.join(map(str, written))}")
     return 0

@@ -133,6 +133,26 @@ def _field(text: str, *names: str) -> str | None:
     return None
 
 
+# Arm Ltd. (implementer 0x41) CPU part numbers of common boards and phones: a Pi's cpuinfo has no model name.
+ARM_PARTS = {
+    "0xd03": "Cortex-A53", "0xd04": "Cortex-A35", "0xd05": "Cortex-A55", "0xd07": "Cortex-A57",
+    "0xd08": "Cortex-A72", "0xd09": "Cortex-A73", "0xd0a": "Cortex-A75", "0xd0b": "Cortex-A76",
+    "0xd0c": "Neoverse-N1", "0xd0d": "Cortex-A77", "0xd40": "Neoverse-V1", "0xd41": "Cortex-A78",
+    "0xd44": "Cortex-X1", "0xd46": "Cortex-A510", "0xd47": "Cortex-A710", "0xd48": "Cortex-X2",
+    "0xd49": "Neoverse-N2", "0xd4b": "Cortex-A78C", "0xd4f": "Neoverse-V2",
+}  # fmt: skip
+
+
+def _cpu_name(text: str) -> str:
+    named = _field(text, "model name", "Hardware", "Processor")
+    if named:
+        return named
+    if _field(text, "CPU implementer") == "0x41":
+        part = (_field(text, "CPU part") or "").lower()
+        return ARM_PARTS.get(part, f"Arm CPU part {part}")
+    return platform.processor() or "unknown"
+
+
 def device_model() -> str | None:
     """Board name on a Raspberry Pi and other device-tree machines."""
     try:
@@ -150,24 +170,54 @@ def _version(package: str) -> str | None:
         return None
 
 
+# aarch64 hwcap bits (linux/arch/arm64/include/uapi/asm/hwcap.h): AT_HWCAP = 16, AT_HWCAP2 = 26.
+_HWCAP_BITS = {(16, 1): "neon", (16, 20): "dotprod", (16, 22): "sve", (26, 13): "i8mm"}
+
+
+def aarch64_hwcaps() -> set | None:
+    """The ISA names the kernel grants this process on aarch64 (from /proc/self/auxv), or None elsewhere.
+
+    Truer than /proc/cpuinfo, which a container or an emulator may fake: the runtimes choose their int8
+    kernels (dot-product, i8mm) from these very bits."""
+    if platform.machine() not in ("aarch64", "arm64"):
+        return None
+    try:
+        raw = Path("/proc/self/auxv").read_bytes()
+    except OSError:
+        return None
+    words = np.frombuffer(raw[: len(raw) // 16 * 16], dtype="<u8").reshape(-1, 2)
+    values = {int(key): int(value) for key, value in words}
+    return {name for (key, bit), name in _HWCAP_BITS.items() if values.get(key, 0) >> bit & 1}
+
+
+def emulator() -> dict | None:
+    """Set by `python -m benchmarks emulate` for a run under QEMU user-mode emulation (its CPU model)."""
+    cpu = os.environ.get("QEMU_CPU")
+    return {"qemu_cpu": cpu, "note": os.environ.get("GOOGLENET_EDGE_EMULATOR", "qemu-user")} if cpu else None
+
+
 def host_facts() -> dict:
     """CPU, cores, the ISA flags that decide int8 kernels, OS and runtime versions."""
     text = _cpuinfo()
     raw_flags = set((_field(text, "flags", "Features") or "").split())
     isa = sorted({name for flag, name in ISA_FLAGS.items() if flag in raw_flags})
-    if platform.machine() in ("aarch64", "arm64") and "neon" not in isa:
-        isa.append("neon")  # mandatory on ARMv8-A even where cpuinfo says nothing
-    return {
+    hwcaps = aarch64_hwcaps()
+    if hwcaps is not None:
+        isa = sorted(hwcaps | {"neon"})  # NEON is mandatory on ARMv8-A
+    facts = {
         "hostname": socket.gethostname(),
         "machine": platform.machine(),
         "system": f"{platform.system()} {platform.release()}",
-        "cpu": _field(text, "model name", "Hardware", "Processor") or platform.processor() or "unknown",
+        "cpu": _cpu_name(text),
         "device": device_model(),
         "cores": os.cpu_count(),
         "isa": sorted(isa),
         "python": platform.python_version(),
         "runtimes": {name: _version(name) for name in ("onnxruntime", "ai-edge-litert", "tflite-runtime", "numpy")},
     }
+    if emulator():
+        facts["emulation"] = emulator()
+    return facts
 
 
 # ---------------------------------------------------------------- sessions
@@ -213,6 +263,16 @@ class OnnxSession:
         return self.session.run([self.output_name], {self.input_name: batch})[0]
 
 
+def delegate_nodes(interpreter) -> int:
+    """How many delegate kernels the interpreter runs: > 0 means XNNPACK (LiteRT's default CPU delegate) took
+    over those parts of the graph; 0 means the interpreter's built-in kernels run everything, which compute int8
+    differently (LiteRT skips XNNPACK, for instance, where it cannot read the CPU's topology)."""
+    try:
+        return sum(op["op_name"] == "DELEGATE" for op in interpreter._get_ops_details())
+    except Exception:  # a runtime without the op inspection API
+        return -1
+
+
 class TfliteSession:
     """A LiteRT interpreter taking float batches in the artifact's preprocessing (NHWC); integer I/O is
     quantized on the way in and dequantized on the way out, so every model returns float logits."""
@@ -220,6 +280,7 @@ class TfliteSession:
     def __init__(self, path: str | Path, threads: int | None = None) -> None:
         self.interpreter = litert_interpreter_class()(model_path=str(path), num_threads=threads)
         self.interpreter.allocate_tensors()
+        self.delegated_nodes = delegate_nodes(self.interpreter)
         self.input = self.interpreter.get_input_details()[0]
         self.output = self.interpreter.get_output_details()[0]
 
@@ -392,10 +453,23 @@ def verify_bundle(root: Path) -> dict:
     return manifest
 
 
+NOT_TIMED = "not timed: this run emulates the CPU, so its times are not the device's"
+
+
 def run_bundle(
-    root: Path, threads: list[int], runs: int, warmup: int, only: list[str] | None = None, device: str | None = None
+    root: Path,
+    threads: list[int],
+    runs: int,
+    warmup: int,
+    only: list[str] | None = None,
+    device: str | None = None,
+    accuracy_only: bool = False,
+    eval_threads: int = 1,
 ) -> dict:
-    """Every model of the bundle: latency and memory in a subprocess each, accuracy on the bundled inputs."""
+    """Every model of the bundle: latency and memory in a subprocess each, accuracy on the bundled inputs.
+
+    `accuracy_only` (runs under an emulated CPU): no timings, which would be the emulator's and not the
+    device's, and no float emulation of int8 ONNX, which is target-independent and measured on the host."""
     manifest = verify_bundle(root)
     facts = host_facts()
     device = device or facts["device"] or facts["hostname"]
@@ -420,14 +494,25 @@ def run_bundle(
             inputs_by_file[model["inputs"]] = np.load(root / model["inputs"])
         entry = {k: v for k, v in model.items() if k not in ("inputs", "file", "sample")}
         entry.update(path=model["file"], device=device)
-        entry.update(measure_in_subprocess(root / model["file"], root / model["sample"], threads, runs, warmup))
-        entry["accuracy"] = evaluate(
-            root / model["file"], model, inputs_by_file[model["inputs"]], labels, reference, manifest.get("reference")
+        if accuracy_only:
+            entry.update(latency_ms={}, peak_rss_mb=None, timing=NOT_TIMED)
+        else:
+            entry.update(measure_in_subprocess(root / model["file"], root / model["sample"], threads, runs, warmup))
+        entry["accuracy"], entry["runtime"] = evaluate(
+            root / model["file"],
+            model,
+            inputs_by_file[model["inputs"]],
+            labels,
+            reference,
+            manifest.get("reference"),
+            threads=eval_threads,
+            float_emulation=not accuracy_only,
         )
         artifacts.append(entry)
     if not artifacts:
         raise RunnerError("nothing measured: pip install ai-edge-litert (for .tflite) or onnxruntime (for .onnx)")
-    settings = {"threads": threads, "runs": runs, "warmup": warmup, **manifest.get("settings", {})}
+    settings = {"threads": [] if accuracy_only else threads, "runs": 0 if accuracy_only else runs, "warmup": warmup}
+    settings.update(manifest.get("settings", {}), eval_threads=eval_threads)
     return round_floats({"schema_version": SCHEMA_VERSION, "host": facts, "settings": settings, "artifacts": artifacts})  # type: ignore[return-value]
 
 
@@ -437,19 +522,40 @@ def has_emulated_run(fmt: str, precision: str) -> bool:
     return fmt == "onnx" and precision == "int8"
 
 
+def _predict_with_progress(session, inputs: np.ndarray, label: str, batch_size: int = 4) -> np.ndarray:
+    """`predict`, printing `progress <label> <done>/<total>` lines (stderr) that a caller can turn into a bar."""
+    outputs = []
+    for start in range(0, len(inputs), batch_size):
+        outputs.append(session(inputs[start : start + batch_size]))
+        print(f"progress {label} {min(start + batch_size, len(inputs))}/{len(inputs)}", file=sys.stderr, flush=True)
+    return np.concatenate(outputs)
+
+
 def evaluate(
-    path: Path, model: dict, inputs: np.ndarray, labels, reference: np.ndarray | None, reference_name: str | None
-) -> dict | None:
-    """Accuracy vs the labels and the FP32 reference outputs recorded on the host for the same inputs."""
+    path: Path,
+    model: dict,
+    inputs: np.ndarray,
+    labels,
+    reference: np.ndarray | None,
+    reference_name: str | None,
+    threads: int = 1,
+    float_emulation: bool = True,
+) -> tuple:
+    """Accuracy vs the labels and the FP32 reference outputs recorded on the host for the same inputs, and
+    what the runtime ran it with (for LiteRT: how many XNNPACK delegate kernels)."""
+    session = open_session(path, threads)
+    runtime = {"threads": threads}
+    if isinstance(session, TfliteSession):
+        runtime.update(xnnpack=session.delegated_nodes > 0, delegate_nodes=session.delegated_nodes)
     if labels is None and reference is None:
-        return None
+        return None, runtime
     labels = labels if labels is not None else np.full(len(inputs), -1)
-    logits = predict(open_session(path, 1), inputs)
+    logits = _predict_with_progress(session, inputs, model["name"])
     block = accuracy_block(logits, labels, reference, reference_name)
-    if has_emulated_run(model["format"], model["precision"]):
-        emulated = predict(open_session(path, 1, emulate=True), inputs)
+    if float_emulation and has_emulated_run(model["format"], model["precision"]):
+        emulated = predict(open_session(path, threads, emulate=True), inputs)
         block["emulated"] = accuracy_block(emulated, labels, reference, reference_name)
-    return block
+    return block, runtime
 
 
 def print_table(report: dict) -> None:
@@ -459,7 +565,7 @@ def print_table(report: dict) -> None:
     for a in report["artifacts"]:
         acc = a.get("accuracy") or {}
         vs = acc.get("vs_reference") or {}
-        best = str(a["throughput"]["threads"])
+        best = str(a["throughput"]["threads"]) if a.get("throughput") else None
         rows.append(
             (
                 a["name"],
@@ -468,9 +574,9 @@ def print_table(report: dict) -> None:
                 f"{acc['top1']:.1%}" if "top1" in acc else "-",
                 f"{vs['top1_drop_pp']:+.2f}" if "top1_drop_pp" in vs else "-",
                 f"{vs['top1_agreement']:.1%}" if "top1_agreement" in vs else "-",
-                f"{a['latency_ms'][best]['median']:.1f}",
-                best,
-                f"{a['peak_rss_mb']:.0f}",
+                f"{a['latency_ms'][best]['median']:.1f}" if best else "not timed",
+                best or "-",
+                f"{a['peak_rss_mb']:.0f}" if a.get("peak_rss_mb") is not None else "-",
             )
         )
     widths = [max(len(str(r[i])) for r in [columns, *rows]) for i in range(len(columns))]
@@ -522,6 +628,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", action="append", help="only this model file name (repeatable)")
     parser.add_argument("--device", help="name for this device in the report (default: board model or hostname)")
     parser.add_argument("--out", type=Path, help="results JSON (default results-<hostname>.json)")
+    parser.add_argument(
+        "--accuracy-only", action="store_true", help="no timings (for an emulated CPU, whose times mean nothing)"
+    )
+    parser.add_argument("--eval-threads", type=whole_number(1), default=1, help="threads for the accuracy pass")
     args = parser.parse_args(argv)
     try:
         if args.command == "measure":
@@ -531,7 +641,16 @@ def main(argv: list[str] | None = None) -> int:
             result = measure(args.model, sample, args.threads, args.runs, args.warmup)
             print(json.dumps(result))
             return 0
-        report = run_bundle(args.bundle, args.threads, args.runs, args.warmup, args.only, args.device)
+        report = run_bundle(
+            args.bundle,
+            args.threads,
+            args.runs,
+            args.warmup,
+            args.only,
+            args.device,
+            args.accuracy_only,
+            args.eval_threads,
+        )
     except RunnerError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -30,6 +30,8 @@ def plot_report(report: dict, path: Path) -> Path:
     points = []
     for a in report["artifacts"]:
         acc = a.get("accuracy") or {}
+        if not a["latency_ms"]:
+            continue  # not timed (an emulated CPU): no place on a latency axis
         best = str(a["throughput"]["threads"]) if a.get("throughput") else next(iter(a["latency_ms"]))
         latency = a["latency_ms"][best].get("median") or a["latency_ms"][best].get("mean")
         if "top1" in acc and latency:

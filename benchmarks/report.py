@@ -67,8 +67,7 @@ ARTIFACT_SCHEMA = {
         "first_inference_ms": _NULLABLE_NUMBER,
         "latency_ms": {
             "type": "object",
-            "description": "per thread count (keys '1', '2', ...)",
-            "minProperties": 1,
+            "description": "per thread count (keys '1', '2', ...); empty when not timed (see `timing`)",
             "propertyNames": {"pattern": "^[0-9]+$"},
             "additionalProperties": _LATENCY,
         },
@@ -78,6 +77,16 @@ ARTIFACT_SCHEMA = {
             "properties": {"threads": {"type": "integer"}, "images_per_s": _NUMBER},
         },
         "peak_rss_mb": {"type": ["number", "null"], "description": "peak RSS of a fresh process running it"},
+        "timing": {"type": "string", "description": "present when not timed, and why (e.g. an emulated CPU)"},
+        "runtime": {
+            "type": "object",
+            "description": "how the runtime ran it: threads; for LiteRT, xnnpack and delegate_nodes",
+            "properties": {
+                "threads": {"type": "integer"},
+                "xnnpack": {"type": "boolean"},
+                "delegate_nodes": {"type": "integer"},
+            },
+        },
         "baseline_rss_mb": _NULLABLE_NUMBER,
         "accuracy": {
             "oneOf": [
@@ -103,6 +112,12 @@ REPORT_SCHEMA = {
                 "cores": {"type": ["integer", "null"]},
                 "isa": {"type": "array", "items": {"type": "string"}},
                 "runtimes": {"type": "object"},
+                "machine": {"type": "string", "description": "platform.machine() where it ran, e.g. aarch64"},
+                "emulation": {
+                    "type": "object",
+                    "description": "present for runs under an emulator: its CPU model",
+                    "properties": {"qemu_cpu": {"type": "string"}, "note": {"type": "string"}},
+                },
             },
         },
         "hosts": {"type": "object", "description": "merged reports: device name -> its host facts"},

@@ -270,6 +270,7 @@ def report_table(report: dict):
             emu_drop, emu_agree = _drop_text(acc["emulated"])
             drop, agree = f"{drop} (emul {emu_drop})", f"{agree} (emul {emu_agree})"
         latency = [a["latency_ms"].get(str(t), {}).get("median") for t in threads]
+        untimed = "not timed" if a.get("timing") else "—"
         rows.append(
             [
                 a["name"],
@@ -280,12 +281,14 @@ def report_table(report: dict):
                 f"{acc['top1']:.1%}" if "top1" in acc else "—",
                 drop,
                 agree,
-                *[f"{v:.1f}" if v is not None else "—" for v in latency],
-                f"{a['throughput']['images_per_s']:.1f}" if a.get("throughput") else "—",
-                f"{a['peak_rss_mb']:.0f}" if a.get("peak_rss_mb") is not None else "—",
+                *[f"{v:.1f}" if v is not None else untimed for v in latency],
+                f"{a['throughput']['images_per_s']:.1f}" if a.get("throughput") else untimed,
+                f"{a['peak_rss_mb']:.0f}" if a.get("peak_rss_mb") is not None else untimed,
                 f"{a['activation_bytes'] / 1e6:.1f}" if a.get("activation_bytes") else "—",
             ]
         )
     host = report["host"]
     title = f"Benchmarks on {host.get('cpu')} ({host.get('cores')} cores, {', '.join(host.get('isa') or [])})"
+    if any(a.get("timing") for a in report["artifacts"]):
+        title += "; 'not timed': an emulated CPU, whose times are not the device's"
     return ui.table(title, columns, rows)

@@ -213,3 +213,72 @@ def test_a_device_with_one_runtime_skips_the_other_format(bundle: Path, tmp_path
     assert "skipping googlenet.onnx: pip install onnxruntime" in done.stderr
     measured = json.loads((root / "r.json").read_text())
     assert sorted(a["name"] for a in measured["artifacts"]) == sorted(tflite)
+
+
+# ---------------------------------------------------------------- on ARM's own kernels (QEMU user-mode emulation)
+
+ARM_CPU = "neoverse-n1"
+INT8_MODELS = ("googlenet.int8.onnx", "googlenet.int8.tflite")
+
+
+@pytest.fixture(scope="session")
+def emulated_results(run_bench_cli, bundle: Path, tmp_path_factory) -> Path:
+    """The bundle's own runner on an emulated Neoverse-N1, the int8 models only (a few seconds per photo)."""
+    from benchmarks.emulation_env import EmulationEnv, default_cache_dir, runtime_pins
+
+    env = EmulationEnv(default_cache_dir(), runtime_pins())
+    if env.problem() is not None:
+        reason = f"no aarch64 environment in {env.path} ({env.problem()}): python -m benchmarks emulate --setup"
+        if os.environ.get("GOOGLENET_EDGE_REQUIRE_EMULATION"):
+            pytest.fail(reason)
+        pytest.skip(reason)
+    out = tmp_path_factory.mktemp("emulated")
+    only = [arg for name in INT8_MODELS for arg in ("--only", name)]
+    done = run_bench_cli("emulate", bundle, "--cpu", ARM_CPU, *only, "--out-dir", out, timeout=1200)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "not timed" in done.stdout
+    return out / f"results-qemu-{ARM_CPU}.json"
+
+
+def test_the_emulated_device_is_aarch64_with_xnnpack(emulated_results: Path, host_report: Path) -> None:
+    report = json.loads(emulated_results.read_text())
+    jsonschema.validate(report, REPORT_SCHEMA)
+    host = report["host"]
+    assert host["machine"] == "aarch64" and host["emulation"]["qemu_cpu"] == ARM_CPU
+    assert "dotprod" in host["isa"] and "neon" in host["isa"]  # the hwcaps QEMU grants a Neoverse-N1
+    assert host["runtimes"]["onnxruntime"] == metadata.version("onnxruntime")
+    host_accuracy = {a["name"]: a["accuracy"] for a in json.loads(host_report.read_text())["artifacts"]}
+    assert sorted(a["name"] for a in report["artifacts"]) == sorted(INT8_MODELS)
+    for artifact in report["artifacts"]:
+        assert artifact["device"] == f"aarch64-qemu ({ARM_CPU})"
+        assert artifact["latency_ms"] == {} and "not timed" in artifact["timing"]
+        accuracy = artifact["accuracy"]
+        assert accuracy["images"] == EVAL_SIZE and "emulated" not in accuracy
+        assert accuracy["vs_reference"]["cosine_mean"] > 0.99  # ARM kernels, same model: close to FP32
+        if artifact["format"] == "tflite":
+            assert artifact["runtime"]["xnnpack"] is True and artifact["runtime"]["delegate_nodes"] > 0
+            # XNNPACK computes int8 bit-identically on x86 and aarch64
+            assert accuracy == host_accuracy[artifact["name"]]
+
+
+def test_merge_and_gate_judge_the_arm_figures(
+    run_bench_cli, emulated_results: Path, host_report: Path, tmp_path: Path
+) -> None:
+    merged = tmp_path / "merged.json"
+    done = run_bench_cli("merge", host_report, emulated_results, "--out", merged)
+    assert done.returncode == 0, done.stderr[-2000:]
+    devices = {a["device"] for a in json.loads(merged.read_text())["artifacts"]}
+    assert f"aarch64-qemu ({ARM_CPU})" in devices and len(devices) == 2
+    arm = f"aarch64-qemu ({ARM_CPU})"
+    judged = run_bench_cli("gate", merged, "--device", arm, "--min-agreement", "0.5", "--max-latency-ratio", "2")
+    assert judged.returncode == 0, judged.stdout + judged.stderr
+    assert "not timed" in judged.stdout and f"as computed on {arm}" not in judged.stderr
+    strict = run_bench_cli("gate", merged, "--device", arm, "--min-agreement", "1.01")
+    assert strict.returncode == 2  # an impossible threshold is a usage error
+    failing = run_bench_cli("gate", merged, "--device", arm, "--max-top1-drop", "-100")
+    assert failing.returncode == 1 and f"as computed on {arm}" in failing.stderr
+    assert all(arm in line for line in failing.stderr.splitlines() if line.startswith("FAIL"))
+    unknown = run_bench_cli("gate", merged, "--device", "a-board-not-there")
+    assert unknown.returncode == 2 and "a-board-not-there" in unknown.stderr
+    plotted = run_bench_cli("plot", merged, "--out", tmp_path / "merged.png")
+    assert plotted.returncode == 0, plotted.stderr[-2000:]
