@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 from export import __version__
-from export.errors import EXIT_USAGE, ToolkitError
+from export.errors import DISK_FULL, EXIT_SIGINT, EXIT_SIGTERM, EXIT_USAGE, Terminated, ToolkitError, one_line
 from export.formats import OPTIONS, export_formats
 
 
@@ -33,15 +35,49 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    from export import commands  # heavy imports only once the arguments are known to be valid
+def _raise_terminated(signum: int, frame: object) -> None:
+    raise Terminated()
 
+
+@contextlib.contextmanager
+def interruptible() -> Iterator[None]:
+    """SIGTERM (what a CI runner sends on cancel) raises like Ctrl-C, so staging folders are removed."""
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # even when started with SIGINT ignored
     try:
-        return getattr(commands, f"run_{args.format}")(args)
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def run_guarded(run: Callable[[], int]) -> int:
+    """Run a command: the user's errors, a full disk and interrupts as one line and an exit code."""
+    try:
+        with interruptible():
+            return run()
     except ToolkitError as exc:
         sys.stderr.write(f"error: {exc}\n")
         return EXIT_USAGE
+    except OSError as exc:
+        if exc.errno not in DISK_FULL:
+            raise
+        where = f"{exc.filename}: " if exc.filename else ""
+        sys.stderr.write(f"error: {where}no space left on device ({one_line(exc)})\n")
+        return EXIT_USAGE
+    except Terminated:
+        sys.stderr.write("error: terminated (SIGTERM)\n")
+        return EXIT_SIGTERM
     except KeyboardInterrupt:
-        sys.stderr.write("error: interrupted\n")
-        return 130
+        sys.stderr.write("error: interrupted (SIGINT)\n")
+        return EXIT_SIGINT
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+
+    def run() -> int:
+        from export import commands  # heavy imports only once the arguments are known to be valid
+
+        return getattr(commands, f"run_{args.format}")(args)
+
+    return run_guarded(run)
