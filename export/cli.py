@@ -56,7 +56,7 @@ def run_guarded(run: Callable[[], int]) -> int:
         with interruptible():
             return run()
     except ToolkitError as exc:
-        sys.stderr.write(f"error: {exc}\n")
+        sys.stderr.write("error: {}\n".format(" ".join(str(exc).split())))
         return EXIT_USAGE
     except OSError as exc:
         if exc.errno not in DISK_FULL:
