@@ -35,41 +35,58 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _raise_terminated(signum: int, frame: object) -> None:
-    raise Terminated()
+_received: list[int] = []  # signals seen, so an exception a library made of our interrupt is still one
+
+
+def _on_signal(signum: int, frame: object) -> None:
+    _received.append(signum)
+    raise Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
 
 
 @contextlib.contextmanager
 def interruptible() -> Iterator[None]:
     """SIGTERM (what a CI runner sends on cancel) raises like Ctrl-C, so staging folders are removed."""
-    previous = signal.signal(signal.SIGTERM, _raise_terminated)
-    signal.signal(signal.SIGINT, signal.default_int_handler)  # even when started with SIGINT ignored
+    previous = {sig: signal.signal(sig, _on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _interrupted() -> int:
+    if _received and _received[0] == signal.SIGTERM:
+        sys.stderr.write("error: terminated (SIGTERM)\n")
+        return EXIT_SIGTERM
+    sys.stderr.write("error: interrupted (SIGINT)\n")
+    return EXIT_SIGINT
 
 
 def run_guarded(run: Callable[[], int]) -> int:
-    """Run a command: the user's errors, a full disk and interrupts as one line and an exit code."""
+    """Run a command: the user's errors, a full disk and interrupts as one line and an exit code.
+
+    A signal raised inside a callback that a native library calls (TensorFlow's converter pulling
+    calibration data) can come back as that library's own exception: the signal still decides.
+    """
+    _received.clear()
     try:
         with interruptible():
             return run()
+    except KeyboardInterrupt:
+        return _interrupted()
     except ToolkitError as exc:
+        if _received:
+            return _interrupted()
         sys.stderr.write("error: {}\n".format(" ".join(str(exc).split())))
         return EXIT_USAGE
-    except OSError as exc:
-        if exc.errno not in DISK_FULL:
-            raise
-        where = f"{exc.filename}: " if exc.filename else ""
-        sys.stderr.write(f"error: {where}no space left on device ({one_line(exc)})\n")
-        return EXIT_USAGE
-    except Terminated:
-        sys.stderr.write("error: terminated (SIGTERM)\n")
-        return EXIT_SIGTERM
-    except KeyboardInterrupt:
-        sys.stderr.write("error: interrupted (SIGINT)\n")
-        return EXIT_SIGINT
+    except Exception as exc:
+        if _received:
+            return _interrupted()
+        if isinstance(exc, OSError) and exc.errno in DISK_FULL:
+            where = f"{exc.filename}: " if exc.filename else ""
+            sys.stderr.write(f"error: {where}no space left on device ({one_line(exc)})\n")
+            return EXIT_USAGE
+        raise
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import time
 import warnings
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -35,6 +38,15 @@ def _check_paths(args: argparse.Namespace) -> None:
     check_out_dir(args.out)
     if args.eval is not None and not args.no_eval and not list_images(args.eval).images:
         raise ToolkitError("no images to evaluate on (.jpg/.jpeg/.png/.bmp)", args.eval)
+
+
+@contextlib.contextmanager
+def _bundle() -> Iterator[Path]:
+    """The command's staging folder. torch's inductor cache goes inside it too: by default torch leaves
+    a `torchinductor_<user>` folder in $TMPDIR, which an interrupted or finished run must not."""
+    with staging_dir() as bundle:
+        os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(bundle / "torchinductor"))
+        yield bundle
 
 
 def _publish_together(bundle: Path, out: Path) -> None:
@@ -142,7 +154,7 @@ def run_onnx(args: argparse.Namespace) -> int:
         eval_exclude=exclude,
         compare_source=not args.quantize,  # keeps `--quantize int8` within its time budget
     )
-    with staging_dir() as bundle:
+    with _bundle() as bundle:
         result = export_onnx(loaded, replace(options, out_dir=bundle))
         from benchmarks.counting import count_onnx, render_table
 
@@ -214,7 +226,7 @@ def run_tflite(args: argparse.Namespace) -> int:
             args, input_preprocess(loaded.preprocess, args.io), evaluate
         )
         calibration = {"arrays": np.concatenate(list(source.batches())), "describe": source.describe()}
-    with staging_dir() as bundle:
+    with _bundle() as bundle:
         reference = export_onnx(
             loaded,
             OnnxExportOptions(
