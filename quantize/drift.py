@@ -92,10 +92,19 @@ def layer_errors(fp32_path: Path, int8_path: Path, inputs: np.ndarray, workdir: 
                 "qdq_sqnr_db": _finite(_sqnr_db(pre, post)),
             }
         )
-    # Ties (e.g. avgpool and the flatten after it) are settled by name, not by the order ONNX Runtime
-    # returns tensors in, which changes from process to process; compare at the precision stored.
-    rows.sort(key=lambda row: (math.inf if row["sqnr_db"] is None else round(row["sqnr_db"], 6), row["tensor"]))
-    return rows
+    return worst_first(rows)
+
+
+def worst_first(rows: list[dict]) -> list[dict]:
+    """Rows by SQNR, lowest first. Ties (avgpool and the flatten after it carry the same values) are
+    settled by tensor name, not by the order ONNX Runtime returns tensors in, which changes from process
+    to process; SQNRs are compared at the precision the sidecar stores."""
+    return sorted(rows, key=lambda row: (_stored(row["sqnr_db"]), row["tensor"]))
+
+
+def _stored(db: float | None) -> float:
+    """The value as the sidecar stores it (7 significant digits, `round_floats`); None (exact) last."""
+    return math.inf if db is None else float(f"{db:.7g}")
 
 
 def _finite(db: float) -> float | None:
