@@ -61,7 +61,7 @@ def check_out_dir(out: Path) -> None:
         os.close(fd)
         os.unlink(probe)
     except OSError as exc:
-        raise ToolkitError(f"--out is not writable ({one_line(exc)})", out) from None
+        raise ToolkitError(f"--out is not writable ({exc.strerror or one_line(exc)})", out) from None
 
 
 def publish(files: dict[Path, Path]) -> None:
