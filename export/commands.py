@@ -44,9 +44,16 @@ def _check_paths(args: argparse.Namespace) -> None:
 def _bundle() -> Iterator[Path]:
     """The command's staging folder. torch's inductor cache goes inside it too: by default torch leaves
     a `torchinductor_<user>` folder in $TMPDIR, which an interrupted or finished run must not."""
+    key = "TORCHINDUCTOR_CACHE_DIR"
     with staging_dir() as bundle:
-        os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(bundle / "torchinductor"))
-        yield bundle
+        ours = key not in os.environ
+        if ours:
+            os.environ[key] = str(bundle / "torchinductor")
+        try:
+            yield bundle
+        finally:
+            if ours:  # a later export in this process must not recreate the removed folder
+                os.environ.pop(key, None)
 
 
 def _publish_together(bundle: Path, out: Path) -> None:
