@@ -13,7 +13,8 @@ from rich.console import Console
 
 from benchmarks import commands as cmd
 from export.artifacts import write_json
-from export.errors import EXIT_USAGE, ToolkitError, one_line
+from export.cli import run_guarded
+from export.errors import EXIT_USAGE, one_line
 
 
 class _Parser(argparse.ArgumentParser):
@@ -71,8 +72,13 @@ COMMANDS: dict[str, Command] = {
 }
 
 
+def _prog() -> str:
+    """The name the user typed: `python -m benchmarks`, or the `googlenet-bench` console script."""
+    return "googlenet-bench" if Path(sys.argv[0]).name == "googlenet-bench" else "python -m benchmarks"
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="googlenet-bench", description="Measure exported GoogLeNet models.")
+    parser = _Parser(prog=_prog(), description="Measure exported GoogLeNet models.")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="command")
     for name, command in COMMANDS.items():
         command.configure(subparsers.add_parser(name, help=command.help, description=command.help))
@@ -81,11 +87,4 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        return COMMANDS[args.command].run(args)
-    except ToolkitError as exc:
-        print(f"error: {one_line(exc)}", file=sys.stderr)
-        return EXIT_USAGE
-    except KeyboardInterrupt:
-        print("error: interrupted", file=sys.stderr)
-        return 130
+    return run_guarded(lambda: COMMANDS[args.command].run(args))

@@ -110,6 +110,18 @@ def judge(report: dict, limits: GateThresholds, devices: list[str] | None = None
         view, label = _accuracy_view(artifact, limits.accuracy)
         vs = view.get("vs_reference") or {}
         where = f" ({label})" if label else ""
+        wanted = [
+            what
+            for what, limit, key in (
+                ("top-1 drop", limits.max_top1_drop, "top1_drop_pp"),
+                ("agreement", limits.min_agreement, "top1_agreement"),
+            )
+            if limit is not None and key not in vs
+        ]
+        if wanted:  # a threshold with nothing to judge is a failure, or a CI job without --eval always passes
+            failures.append(
+                f"no {' or '.join(wanted)} figure to check (was `benchmarks run` given --eval and a reference?)"
+            )
         if limits.max_top1_drop is not None and "top1_drop_pp" in vs:
             checked.append("top1_drop")
             if vs["top1_drop_pp"] > limits.max_top1_drop:

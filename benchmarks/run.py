@@ -72,8 +72,22 @@ def describe_artifact(path: Path) -> dict:
             info = read_tflite_metadata(path)
     if "preprocess" not in info:
         raise ToolkitError("no preprocessing recorded (no sidecar JSON, no metadata): re-export it", path)
+    _check_parent(path, info)
     precision = info.get("precision") or _precision_from_name(path.name)
     return {"format": fmt, "precision": precision, "preprocess": info["preprocess"], "labels": info.get("labels")}
+
+
+def _check_parent(path: Path, info: dict) -> None:
+    """An int8 model whose FP32 parent beside it has changed since (a later export of other weights)
+    would be measured against the wrong reference: refused, in one line."""
+    recorded, parent = info.get("fp32_sha256"), info.get("fp32_model")
+    if not recorded or not parent or not (path.parent / parent).is_file():
+        return
+    if device_runner.file_sha256(path.parent / parent) != recorded:
+        raise ToolkitError(
+            f"was quantized from another {parent} than the one beside it (sha256 differs); re-run the int8 export",
+            path,
+        )
 
 
 def _precision_from_name(name: str) -> str:

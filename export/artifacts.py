@@ -1,7 +1,8 @@
 """Writing artifacts safely and carrying metadata with them.
 
-Everything is built in a staging folder and moved into place with `os.replace` only when complete, so
-an interrupted or failed run never leaves a half-written model or sidecar in `--out`.
+Everything is built in a staging folder under `$TMPDIR` and moved into place with `os.replace` only when
+complete (all files of one command together), so an interrupted or failed run never leaves a half-written
+model or sidecar, nor an FP32 model without its int8 sibling, in `--out`.
 """
 
 from __future__ import annotations
@@ -16,29 +17,84 @@ from pathlib import Path
 
 import onnx
 
-from export.errors import ToolkitError, one_line
+from export.errors import DISK_FULL, ToolkitError, one_line, write_error
 
 
 @contextlib.contextmanager
-def staging_dir(out_dir: Path) -> Iterator[Path]:
-    """A private temporary folder; removed on exit whether the run succeeded or not."""
-    stage = Path(tempfile.mkdtemp(prefix=".googlenet-stage-"))
+def staging_dir(out_dir: Path | None = None) -> Iterator[Path]:
+    """A private folder under `$TMPDIR`, removed on exit whether the run succeeded, failed or was interrupted.
+
+    Every intermediate file lives here, never in `--out`. A full `$TMPDIR` is the user's one-line error.
+    """
+    try:
+        stage = Path(tempfile.mkdtemp(prefix=".googlenet-stage-"))
+    except OSError as exc:
+        raise write_error(exc, Path(tempfile.gettempdir()) / ".googlenet-stage") from None
     try:
         yield stage
+    except OSError as exc:
+        if exc.errno in DISK_FULL:  # the model files themselves are written here first
+            raise ToolkitError(
+                "no space left on device writing temporary files (point TMPDIR at a larger disk)", stage.parent
+            ) from None
+        raise
     finally:
         shutil.rmtree(stage, ignore_errors=True)
 
 
-def publish(files: dict[Path, Path]) -> None:
-    """Move staged files (staged path -> final path) into place, each with one atomic rename.
+def check_out_dir(out: Path) -> None:
+    """Fail now, before minutes of work, when `--out` is a file or cannot be written to.
 
-    The final folder is created only now, so a failed run leaves no empty `--out` behind either.
+    Probes by creating (and removing) an empty file in `--out` or its nearest existing ancestor, which
+    also catches read-only mounts that permission bits do not show (root ignores those).
     """
-    for staged, final in files.items():
-        final.parent.mkdir(parents=True, exist_ok=True)
-        tmp = final.with_name(f".{final.name}.tmp")
-        shutil.copyfile(staged, tmp)  # staging may sit on another filesystem: copy, then rename
-        os.replace(tmp, final)
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ToolkitError("--out is not a folder", out)
+    existing = out.absolute()
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ToolkitError("--out lies under a file, not a folder", existing)
+    try:
+        fd, probe = tempfile.mkstemp(dir=existing, prefix=".googlenet-probe-")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise ToolkitError(f"--out is not writable ({exc.strerror or one_line(exc)})", out) from None
+
+
+def publish(files: dict[Path, Path]) -> None:
+    """Move staged files (staged path -> final path) into place as one set.
+
+    All files are first copied beside their targets under temporary dot-names (staging may sit on
+    another filesystem); only when every copy succeeded are they renamed into place. A failure or an
+    interrupt while copying removes the copies, so `--out` keeps its earlier files whole and gets no
+    partial ones; the final folder is created only now (and removed again if the copy fails).
+    """
+    created: list[Path] = []
+    copied: dict[Path, Path] = {}
+    try:
+        for staged, final in files.items():
+            try:
+                missing = [p for p in (final.parent, *final.parent.parents) if not p.exists()]
+                final.parent.mkdir(parents=True, exist_ok=True)
+                created += reversed(missing)
+                tmp = final.with_name(f".{final.name}.tmp")
+                copied[tmp] = final
+                shutil.copyfile(staged, tmp)
+            except OSError as exc:
+                raise write_error(exc, final) from None
+        for tmp, final in list(copied.items()):
+            os.replace(tmp, final)
+            del copied[tmp]
+    except BaseException:
+        for tmp in copied:
+            tmp.unlink(missing_ok=True)
+        for folder in reversed(created):
+            with contextlib.suppress(OSError):
+                folder.rmdir()  # only if still empty
+        raise
 
 
 def write_json(path: Path, data: object) -> None:
@@ -50,7 +106,7 @@ def write_json(path: Path, data: object) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     except OSError as exc:
-        raise ToolkitError(f"cannot write ({one_line(exc)})", path) from None
+        raise write_error(exc, path) from None
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(text)
@@ -59,7 +115,7 @@ def write_json(path: Path, data: object) -> None:
         os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 would hide the file from other users
         os.replace(tmp, path)
     except OSError as exc:
-        raise ToolkitError(f"cannot write ({one_line(exc)})", path) from None
+        raise write_error(exc, path) from None
     finally:
         Path(tmp).unlink(missing_ok=True)
 

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 from export import __version__
-from export.errors import EXIT_USAGE, ToolkitError
+from export.errors import DISK_FULL, EXIT_SIGINT, EXIT_SIGTERM, EXIT_USAGE, Terminated, ToolkitError, one_line
 from export.formats import OPTIONS, export_formats
 
 
@@ -33,15 +35,66 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+_received: list[int] = []  # signals seen, so an exception a library made of our interrupt is still one
+
+
+def _on_signal(signum: int, frame: object) -> None:
+    _received.append(signum)
+    raise Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
+
+
+@contextlib.contextmanager
+def interruptible() -> Iterator[None]:
+    """SIGTERM (what a CI runner sends on cancel) raises like Ctrl-C, so staging folders are removed."""
+    previous = {sig: signal.signal(sig, _on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _interrupted() -> int:
+    if _received and _received[0] == signal.SIGTERM:
+        sys.stderr.write("error: terminated (SIGTERM)\n")
+        return EXIT_SIGTERM
+    sys.stderr.write("error: interrupted (SIGINT)\n")
+    return EXIT_SIGINT
+
+
+def run_guarded(run: Callable[[], int]) -> int:
+    """Run a command: the user's errors, a full disk and interrupts as one line and an exit code.
+
+    A signal raised inside a callback that a native library calls (TensorFlow's converter pulling
+    calibration data) can come back as that library's own exception: the signal still decides.
+    """
+    _received.clear()
+    try:
+        with interruptible():
+            return run()
+    except KeyboardInterrupt:
+        return _interrupted()
+    except ToolkitError as exc:
+        if _received:
+            return _interrupted()
+        sys.stderr.write("error: {}\n".format(" ".join(str(exc).split())))
+        return EXIT_USAGE
+    except Exception as exc:
+        if _received:
+            return _interrupted()
+        if isinstance(exc, OSError) and exc.errno in DISK_FULL:
+            where = f"{exc.filename}: " if exc.filename else ""
+            sys.stderr.write(f"error: {where}no space left on device ({one_line(exc)})\n")
+            return EXIT_USAGE
+        raise
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from export import commands  # heavy imports only once the arguments are known to be valid
 
-    try:
+    def run() -> int:
+        from export import commands  # heavy imports only once the arguments are known to be valid
+
         return getattr(commands, f"run_{args.format}")(args)
-    except ToolkitError as exc:
-        sys.stderr.write(f"error: {exc}\n")
-        return EXIT_USAGE
-    except KeyboardInterrupt:
-        sys.stderr.write("error: interrupted\n")
-        return 130
+
+    return run_guarded(run)

@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import time
 import warnings
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 
 from export import ui
+from export.artifacts import check_out_dir, publish, staging_dir
 from export.errors import ToolkitError
 from export.images import list_images
 from export.onnx_export import DEFAULT_OPSET, OnnxExportOptions, OnnxExportResult, check_opset, export_onnx
@@ -27,14 +33,43 @@ def _load(args: argparse.Namespace):
     return loaded
 
 
-def summarize_onnx(result: OnnxExportResult, elapsed: float) -> None:
+def _check_paths(args: argparse.Namespace) -> None:
+    """`--out` and `--eval` are checked before any slow work: a typo must not cost a whole export."""
+    check_out_dir(args.out)
+    if args.eval is not None and not args.no_eval and not list_images(args.eval).images:
+        raise ToolkitError("no images to evaluate on (.jpg/.jpeg/.png/.bmp)", args.eval)
+
+
+@contextlib.contextmanager
+def _bundle() -> Iterator[Path]:
+    """The command's staging folder. torch's inductor cache goes inside it too: by default torch leaves
+    a `torchinductor_<user>` folder in $TMPDIR, which an interrupted or finished run must not."""
+    key = "TORCHINDUCTOR_CACHE_DIR"
+    with staging_dir() as bundle:
+        ours = key not in os.environ
+        if ours:
+            os.environ[key] = str(bundle / "torchinductor")
+        try:
+            yield bundle
+        finally:
+            if ours:  # a later export in this process must not recreate the removed folder
+                os.environ.pop(key, None)
+
+
+def _publish_together(bundle: Path, out: Path) -> None:
+    """Every file the command made, moved into `--out` as one set: an FP32 model never lands without the
+    int8 model made from it (whose sidecar records the FP32 file's sha256), nor the reverse."""
+    publish({path: out / path.name for path in sorted(bundle.iterdir()) if path.is_file()})
+
+
+def summarize_onnx(result: OnnxExportResult, elapsed: float, shown: Path | None = None) -> None:
     from benchmarks.counting import format_count
 
     info = result.info
     evaluation = info.get("evaluation") or {}
     acc = evaluation.get("accuracy") or {}
     rows = [
-        ("artifact", str(result.path)),
+        ("artifact", str(shown or result.path)),
         ("weights", f"{info['weights']} ({info['weights_format']})"),
         ("size", f"{info['size_bytes'] / 1e6:.2f} MB"),
         ("params / MACs", f"{format_count(info['params'])} / {format_count(info['macs'])}"),
@@ -102,8 +137,7 @@ def _check_quantize_options(args: argparse.Namespace) -> None:
 def run_onnx(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     check_opset(args.opset or DEFAULT_OPSET)  # cheap checks first: no progress output before an error
-    if args.eval is not None and not args.no_eval:
-        list_images(args.eval)
+    _check_paths(args)
     _check_quantize_options(args)
     loaded = _load(args)
     source = None
@@ -127,18 +161,20 @@ def run_onnx(args: argparse.Namespace) -> int:
         eval_exclude=exclude,
         compare_source=not args.quantize,  # keeps `--quantize int8` within its time budget
     )
-    result = export_onnx(loaded, options)
-    from benchmarks.counting import count_onnx, render_table
+    with _bundle() as bundle:
+        result = export_onnx(loaded, replace(options, out_dir=bundle))
+        from benchmarks.counting import count_onnx, render_table
 
-    ui.show(render_table(count_onnx(result.path), paper=True))
-    summarize_onnx(result, time.perf_counter() - started)
-    if args.quantize:
-        _quantize_int8(result, source, config, loaded)
+        ui.show(render_table(count_onnx(result.path), paper=True))
+        summarize_onnx(result, time.perf_counter() - started, args.out / result.path.name)
+        if args.quantize:
+            _quantize_int8(result, source, config, loaded, args.out)
+        _publish_together(bundle, args.out)
     ui.show(f"total time {time.perf_counter() - started:.1f} s")
     return 0
 
 
-def _quantize_int8(result: OnnxExportResult, source, config, loaded) -> None:
+def _quantize_int8(result: OnnxExportResult, source, config, loaded, out: Path) -> None:
     from export.evaluation import load_eval_set
     from export.sample_images import validation_photos
     from quantize.drift import drift_table, layer_table
@@ -160,7 +196,7 @@ def _quantize_int8(result: OnnxExportResult, source, config, loaded) -> None:
     calib = q.info["calibration"]
     fingerprint = calib.get("file_list_sha256") or calib.get("data_sha256") or ""
     rows = [
-        ("artifact", str(q.path)),
+        ("artifact", str(out / q.path.name)),
         ("size", f"{q.info['size_bytes'] / 1e6:.2f} MB ({q.info['size_ratio']:.1%} of FP32)"),
         ("target / calibration", f"{config.target} / {config.calibration}"),
         (
@@ -188,8 +224,7 @@ def run_tflite(args: argparse.Namespace) -> int:
     if args.quantize != "int8" and args.int8_recipe != "toolkit":
         raise ToolkitError("--int8-recipe only applies with --quantize int8")
     int8 = recipe(args.int8_recipe)
-    if args.eval is not None and not args.no_eval:
-        list_images(args.eval)
+    _check_paths(args)
     require_tensorflow()
     loaded = _load(args)
     calibration, eval_dir, exclude, evaluate = None, args.eval, frozenset(), not args.no_eval
@@ -198,28 +233,30 @@ def run_tflite(args: argparse.Namespace) -> int:
             args, input_preprocess(loaded.preprocess, args.io), evaluate
         )
         calibration = {"arrays": np.concatenate(list(source.batches())), "describe": source.describe()}
-    reference = export_onnx(
-        loaded,
-        OnnxExportOptions(
-            out_dir=args.out, eval_dir=eval_dir, evaluate=evaluate, eval_exclude=exclude, compare_source=False
-        ),
-    )
-    result = export_tflite(
-        loaded,
-        reference.path,
-        args.out,
-        quantize=args.quantize,
-        io=args.io,
-        calibration=calibration,
-        eval_set=reference.eval_set,
-        fp32_logits=reference.eval_logits,
-        int8=int8,
-    )
-    _summarize_tflite(result, time.perf_counter() - started)
+    with _bundle() as bundle:
+        reference = export_onnx(
+            loaded,
+            OnnxExportOptions(
+                out_dir=bundle, eval_dir=eval_dir, evaluate=evaluate, eval_exclude=exclude, compare_source=False
+            ),
+        )
+        result = export_tflite(
+            loaded,
+            reference.path,
+            bundle,
+            quantize=args.quantize,
+            io=args.io,
+            calibration=calibration,
+            eval_set=reference.eval_set,
+            fp32_logits=reference.eval_logits,
+            int8=int8,
+        )
+        _publish_together(bundle, args.out)
+    _summarize_tflite(result, time.perf_counter() - started, args.out)
     return 0
 
 
-def _summarize_tflite(result, elapsed: float) -> None:
+def _summarize_tflite(result, elapsed: float, out: Path) -> None:
     rows = []
     for artifact in result.artifacts:
         info = artifact.info
@@ -228,7 +265,7 @@ def _summarize_tflite(result, elapsed: float) -> None:
         float_ops = sum(n for op, n in info["ops"].items() if "FLOAT32]" in op and "QUANTIZE" not in op)
         rows.append(
             (
-                str(artifact.path),
+                str(out / artifact.path.name),
                 info["precision"],
                 info["input"]["dtype"],
                 f"{info['size_bytes'] / 1e6:.2f} MB",

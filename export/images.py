@@ -48,6 +48,9 @@ def load_image(path: str | Path) -> Image.Image:
             opened.load()
             image = ImageOps.exif_transpose(opened) or opened
             return _to_rgb(image)
+    except Image.DecompressionBombError as exc:
+        # Above PIL's limit (2 x Image.MAX_IMAGE_PIXELS): refused like any unreadable image, not decoded.
+        raise ToolkitError(f"image too large to decode safely ({one_line(exc)})", path) from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
         raise ToolkitError(f"not a readable image ({one_line(exc)})", path) from None
 
@@ -94,7 +97,7 @@ def preprocess_paths(
             if isinstance(result, ToolkitError):
                 if errors is None:
                     raise result
-                errors.append((path, str(result)))
+                errors.append((path, result.problem))  # the caller names the file
             else:
                 yield path, result
 

@@ -40,7 +40,13 @@ def require_tensorflow():
     """Import TensorFlow, or a one-line error saying what to install."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # TensorFlow's C++ INFO/WARNING lines
     try:
-        import tensorflow as tf
+        if "tensorflow" in sys.modules:
+            import tensorflow as tf
+        else:
+            # absl prints "log messages before absl::InitializeLog()" and oneDNN notes at import time,
+            # whatever TF_CPP_MIN_LOG_LEVEL says; they would come before any one-line error.
+            with _native_output_captured():
+                import tensorflow as tf
     except ImportError:
         raise ToolkitError("TFLite export needs TensorFlow: pip install -e '.[tflite]'") from None
     return tf

@@ -98,6 +98,13 @@ def _build_from_state_dict(path: Path, state: dict[str, torch.Tensor], num_class
     _check_class_count(classes, num_classes, path)
     aux = any(k.startswith("aux1.") for k in state)
     model = arch_cls(num_classes=classes, aux_logits=aux)
+    expected = model.state_dict()
+    for key, tensor in state.items():  # load_state_dict(strict=False) still raises on these, as a traceback
+        if key in expected and tuple(tensor.shape) != tuple(expected[key].shape):
+            raise ToolkitError(
+                f"{key} has shape {tuple(tensor.shape)}, expected {tuple(expected[key].shape)} for {arch_cls.__name__}",
+                path,
+            )
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
         detail = f"missing {missing[:2]}" if missing else f"unexpected {unexpected[:2]}"

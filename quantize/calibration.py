@@ -48,6 +48,14 @@ def _batches(data: np.ndarray, size: int) -> Iterator[np.ndarray]:
         yield data[start : start + size]
 
 
+def check_finite(array: np.ndarray, what: str, path: str | Path | None) -> None:
+    """NaN or infinity calibrates infinite ranges (an int8 model that agrees with nothing) or crashes
+    the TFLite converter: refused here, in one line naming the file."""
+    bad = array.size - int(np.isfinite(array).sum())
+    if bad:
+        raise ToolkitError(f"{what} contain {bad} NaN or infinite value{'s' if bad > 1 else ''}", path)
+
+
 def _check_size(size: int) -> None:
     if size < 1:
         raise ToolkitError(f"--calib-size must be at least 1 (got {size})")
@@ -123,7 +131,10 @@ class FolderSource:
         """All calibration images, preprocessed once (calibration and the report reuse them)."""
         if self._cache is None:
             loaded = preprocess_paths(self.chosen, self.preprocess, errors=self.unreadable)
-            tensors = [t for _, t in progress(loaded, "Loading calibration images", total=len(self.chosen))]
+            tensors = []
+            for path, tensor in progress(loaded, "Loading calibration images", total=len(self.chosen)):
+                check_finite(tensor, "decoded image's pixels", path)
+                tensors.append(tensor)
             if not tensors:
                 raise ToolkitError("no calibration image could be read", self.folder)
             self._cache = np.stack(tensors)
@@ -172,6 +183,7 @@ class ArraySource:
                 self.origin if self.origin != "arrays" else None,
             )
         self.array = array.astype(np.float32, copy=False)
+        check_finite(self.array, "calibration arrays", self.origin if self.origin != "arrays" else None)
 
     def batches(self) -> Iterator[np.ndarray]:
         return _batches(self.array, self.batch_size)
@@ -222,6 +234,8 @@ class IterableSource:
         self.name = name
         if not self._items:
             raise ToolkitError("calibration iterable yielded no arrays")
+        for item in self._items:
+            check_finite(np.asarray(item, dtype=np.float32), "calibration arrays", name)
 
     def batches(self) -> Iterator[np.ndarray]:
         for item in self._items:

@@ -7,6 +7,7 @@ has the same fields; `layer_errors` finds the worst-quantized activations of a Q
 from __future__ import annotations
 
 import math
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -51,9 +52,14 @@ def layer_errors(fp32_path: Path, int8_path: Path, inputs: np.ndarray, workdir: 
         modify_model_output_intermediate_tensors,
     )
 
+    # ONNX Runtime writes `<model>-inferred.onnx` beside the model it is given: give it copies in
+    # `workdir`, so nothing is ever written next to a published model.
+    fp32_copy, int8_copy = workdir / "layers.fp32.onnx", workdir / "layers.int8.onnx"
+    shutil.copyfile(fp32_path, fp32_copy)
+    shutil.copyfile(int8_path, int8_copy)
     float_aug, qdq_aug = workdir / "float.aug.onnx", workdir / "qdq.aug.onnx"
-    modify_model_output_intermediate_tensors(str(fp32_path), str(float_aug))
-    modify_model_output_intermediate_tensors(str(int8_path), str(qdq_aug))
+    modify_model_output_intermediate_tensors(str(fp32_copy), str(float_aug))
+    modify_model_output_intermediate_tensors(str(int8_copy), str(qdq_aug))
     input_name = onnx.load(str(fp32_path), load_external_data=False).graph.input[0].name
 
     def reader():
@@ -86,8 +92,19 @@ def layer_errors(fp32_path: Path, int8_path: Path, inputs: np.ndarray, workdir: 
                 "qdq_sqnr_db": _finite(_sqnr_db(pre, post)),
             }
         )
-    rows.sort(key=lambda row: math.inf if row["sqnr_db"] is None else row["sqnr_db"])
-    return rows
+    return worst_first(rows)
+
+
+def worst_first(rows: list[dict]) -> list[dict]:
+    """Rows by SQNR, lowest first. Ties (avgpool and the flatten after it carry the same values) are
+    settled by tensor name, not by the order ONNX Runtime returns tensors in, which changes from process
+    to process; SQNRs are compared at the precision the sidecar stores."""
+    return sorted(rows, key=lambda row: (_stored(row["sqnr_db"]), row["tensor"]))
+
+
+def _stored(db: float | None) -> float:
+    """The value as the sidecar stores it (7 significant digits, `round_floats`); None (exact) last."""
+    return math.inf if db is None else float(f"{db:.7g}")
 
 
 def _finite(db: float) -> float | None:

@@ -264,3 +264,57 @@ def convert_tiny_tflite(function, path: Path, int8: bool, input_shape: tuple[int
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
     path.write_bytes(converter.convert())
     return path
+
+
+# -- failures: what a failed or interrupted run may leave behind ------------------------------------------
+ORT_SESSION_FILE = ".ses"  # ONNX Runtime's telemetry writes this id file into $TMPDIR on import: not ours
+
+
+def left_in(folder: Path) -> list[str]:
+    """What a run left in a folder it was given ($TMPDIR, --out, a mount), ONNX Runtime's `.ses` aside."""
+    return sorted(p.name for p in folder.iterdir() if p.name != ORT_SESSION_FILE) if folder.exists() else []
+
+
+def assert_one_error(result: subprocess.CompletedProcess, code: int, *fragments: str, only_line: bool = False) -> str:
+    """No traceback, exit `code`, exactly one `error:` line, the last on stderr (the only one with
+    `only_line`: the run failed before any progress output), holding every fragment; returns it."""
+    output = result.stderr + result.stdout
+    assert "Traceback" not in output, result.stderr[-3000:]
+    assert result.returncode == code, f"exit {result.returncode}, expected {code}\n{result.stderr[-3000:]}"
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    errors = [line for line in lines if line.startswith("error: ")]
+    assert len(errors) == 1 and lines[-1] == errors[0], result.stderr[-3000:]
+    if only_line:
+        assert len(lines) == 1, result.stderr[-3000:]
+    for fragment in fragments:
+        assert fragment in errors[0], errors[0]
+    return errors[0]
+
+
+@pytest.fixture
+def mount_tmpfs(tmp_path: Path):
+    """`mount_tmpfs("10m")` mounts a real tmpfs of that size (`mount_tmpfs("1m", "ro")`: read-only) and
+    returns it; skips with the reason where mounting is not permitted; unmounted at teardown."""
+    import shutil
+
+    mounted: list[Path] = []
+
+    def mount(size: str, *options: str) -> Path:
+        target = tmp_path / f"tmpfs{len(mounted)}"
+        target.mkdir()
+        if shutil.which("mount") is None:
+            pytest.skip("no `mount` command here: cannot make a small filesystem")
+        done = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", ",".join((f"size={size}", *options)), "tmpfs", str(target)],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if done.returncode != 0:
+            pytest.skip(f"mounting a tmpfs is not permitted here ({done.stderr.strip()}); needs root")
+        mounted.append(target)
+        return target
+
+    yield mount
+    for target in reversed(mounted):
+        subprocess.run(["umount", str(target)], check=False, capture_output=True)
