@@ -264,21 +264,23 @@ def test_the_emulated_device_is_aarch64_with_xnnpack(emulated_results: Path, hos
 def test_merge_and_gate_judge_the_arm_figures(
     run_bench_cli, emulated_results: Path, host_report: Path, tmp_path: Path
 ) -> None:
+    from benchmarks.gate import GateThresholds, judge
+    from benchmarks.plot import plot_report
+    from export.errors import ToolkitError
+
     merged = tmp_path / "merged.json"
     done = run_bench_cli("merge", host_report, emulated_results, "--out", merged)
     assert done.returncode == 0, done.stderr[-2000:]
-    devices = {a["device"] for a in json.loads(merged.read_text())["artifacts"]}
-    assert f"aarch64-qemu ({ARM_CPU})" in devices and len(devices) == 2
+    report = json.loads(merged.read_text())
     arm = f"aarch64-qemu ({ARM_CPU})"
-    judged = run_bench_cli("gate", merged, "--device", arm, "--min-agreement", "0.5", "--max-latency-ratio", "2")
-    assert judged.returncode == 0, judged.stdout + judged.stderr
-    assert "not timed" in judged.stdout and f"as computed on {arm}" not in judged.stderr
-    strict = run_bench_cli("gate", merged, "--device", arm, "--min-agreement", "1.01")
-    assert strict.returncode == 2  # an impossible threshold is a usage error
+    assert {a["device"] for a in report["artifacts"]} == {arm, report["artifacts"][0]["device"]} != {arm}
+    verdicts = judge(report, GateThresholds(min_agreement=0.5, max_latency_ratio=2.0), [arm])
+    assert sorted(v.name for v in verdicts) == sorted(INT8_MODELS) and all(v.passed for v in verdicts)
+    assert all("latency: not timed (emulated CPU)" in v.checked for v in verdicts)
+    with pytest.raises(ToolkitError, match="a-board-not-there"):
+        judge(report, GateThresholds(), ["a-board-not-there"])
     failing = run_bench_cli("gate", merged, "--device", arm, "--max-top1-drop", "-100")
-    assert failing.returncode == 1 and f"as computed on {arm}" in failing.stderr
-    assert all(arm in line for line in failing.stderr.splitlines() if line.startswith("FAIL"))
-    unknown = run_bench_cli("gate", merged, "--device", "a-board-not-there")
-    assert unknown.returncode == 2 and "a-board-not-there" in unknown.stderr
-    plotted = run_bench_cli("plot", merged, "--out", tmp_path / "merged.png")
-    assert plotted.returncode == 0, plotted.stderr[-2000:]
+    assert failing.returncode == 1, failing.stdout + failing.stderr
+    fails = [line for line in failing.stderr.splitlines() if line.startswith("FAIL")]
+    assert len(fails) == len(INT8_MODELS) and all(arm in line and "as computed on" in line for line in fails)
+    assert plot_report(report, tmp_path / "merged.png").stat().st_size > 0  # the untimed rows are left out
