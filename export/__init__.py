@@ -11,11 +11,27 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from export.model import GoogLeNet, googlenet_loss
-from export.onnx_export import OnnxExportOptions, export_onnx
-from export.preprocess import Preprocess
-from export.torchvision_variant import TorchvisionGoogLeNet
-from export.weights import LoadedModel, load_model
+# Lazy (PEP 562): `import export` stays light, so a command that only reads JSON (`python -m benchmarks gate`)
+# does not pay for PyTorch; `from export import load_model` imports what it names on first use.
+_LAZY = {
+    "GoogLeNet": "export.model",
+    "googlenet_loss": "export.model",
+    "OnnxExportOptions": "export.onnx_export",
+    "export_onnx": "export.onnx_export",
+    "Preprocess": "export.preprocess",
+    "TorchvisionGoogLeNet": "export.torchvision_variant",
+    "LoadedModel": "export.weights",
+    "load_model": "export.weights",
+}
+
+
+def __getattr__(name: str) -> object:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'export' has no attribute {name!r}")
+
 
 __all__ = [
     "GoogLeNet",

@@ -14,10 +14,12 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-
-import onnx
+from typing import TYPE_CHECKING
 
 from export.errors import DISK_FULL, ToolkitError, one_line, write_error
+
+if TYPE_CHECKING:
+    import onnx
 
 
 @contextlib.contextmanager
@@ -144,6 +146,8 @@ def set_onnx_metadata(model: onnx.ModelProto, values: dict[str, object], replace
 
 def read_onnx_metadata(path: Path) -> dict[str, str]:
     """`metadata_props` of an ONNX file without loading its weights."""
+    import onnx  # here, not at the top: JSON-only commands (gate, compare) import this module too
+
     try:
         model = onnx.load(str(path), load_external_data=False)
     except Exception as exc:
