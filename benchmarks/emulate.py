@@ -110,9 +110,7 @@ def _verify(root: Path) -> None:
 _PROGRESS = re.compile(r"^progress (\S+) (\d+)/(\d+)$")
 
 
-def run_on_cpu(
-    env: EmulationEnv, bundle_root: Path, cpu: ArmCpu, out: Path, only: list[str], threads: int, cores: int
-) -> dict:
+def run_on_cpu(env: EmulationEnv, bundle_root: Path, cpu: ArmCpu, only: list[str], threads: int, cores: int) -> dict:
     """The bundle's `run.py` on one emulated CPU; its results JSON, checked to come from aarch64 with XNNPACK."""
     with tempfile.TemporaryDirectory(prefix="googlenet-emulate-run-") as tmp:
         work = Path(tmp)
@@ -217,7 +215,7 @@ def emulate(
         for name in cpus:
             cpu = ARM_CPUS[name]
             ui.step(f"running the bundle on an emulated {cpu.name} ({cpu.like}); accuracy only, not timed")
-            report = run_on_cpu(env, root, cpu, out_dir, list(only or ()), threads, cores)
+            report = run_on_cpu(env, root, cpu, list(only or ()), threads, cores)
             target = results_path(out_dir, name)
             write_json(target, validate_report(report, target))
             written.append(target)
