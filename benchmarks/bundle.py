@@ -56,7 +56,8 @@ labels and the FP32 reference outputs. Nothing here needs PyTorch, TensorFlow, a
 measures each model in a fresh process (load time, first inference, latency median/p90/p99 per thread
 count, peak RSS), computes accuracy and agreement with the FP32 reference on the bundled inputs, prints a
 table and writes `results-<hostname>.json` in the same schema as `python -m benchmarks run`.
-Options: `--threads 1,2,4 --runs 50 --warmup 5 --only googlenet.int8.tflite --device "Pi 5" --out FILE`.
+Options: `--threads 1,2,4 --runs 50 --warmup 5 --only googlenet.int8.tflite --device "Pi 5" --out FILE`;
+`--accuracy-only` skips the timings (what `python -m benchmarks emulate` uses under QEMU, whose times mean nothing).
 Install only the runtime you need: `ai-edge-litert` for `.tflite`, `onnxruntime` for `.onnx`.
 
 Back on the host: `python -m benchmarks merge report.json results-*.json --out merged.json`, then
