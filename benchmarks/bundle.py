@@ -118,12 +118,13 @@ def build_bundle(
                     "format": info["format"],
                     "precision": info["precision"],
                     "size_bytes": path.stat().st_size,
-                    **static_facts(path, layers=False),
+                    **static_facts(path, layers=False),  # with layer_macs, for the kernel coverage
                     "inputs": f"inputs/{key}.npy",
                     "sample": f"inputs/{key}.sample.npy",
                 }
             )
         shutil.copyfile(HERE / "device_runner.py", root / "run.py")
+        shutil.copyfile(HERE / "kernel_coverage.py", root / "kernel_coverage.py")
         (root / "android").mkdir()
         shutil.copyfile(HERE / "android_bench.py", root / "android" / "run_android.py")
         readme = README.format(

@@ -22,6 +22,21 @@ from pathlib import Path
 
 import numpy as np
 
+
+def _sibling(name: str):
+    """A standalone module that sits beside this file, here (benchmarks/) and in the device bundle alike."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        f"googlenet_edge_{name}", Path(__file__).resolve().parent / f"{name}.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+kernel_coverage = _sibling("kernel_coverage")
+
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
 
@@ -492,7 +507,7 @@ def run_bundle(
         print(f"measuring {model['name']} ({model['format']} {model['precision']}) ...", file=sys.stderr, flush=True)
         if model["inputs"] not in inputs_by_file:
             inputs_by_file[model["inputs"]] = np.load(root / model["inputs"])
-        entry = {k: v for k, v in model.items() if k not in ("inputs", "file", "sample")}
+        entry = {k: v for k, v in model.items() if k not in ("inputs", "file", "sample", "layer_macs")}
         entry.update(path=model["file"], device=device)
         if accuracy_only:
             entry.update(latency_ms={}, peak_rss_mb=None, timing=NOT_TIMED)
@@ -508,6 +523,8 @@ def run_bundle(
             threads=eval_threads,
             float_emulation=not accuracy_only,
         )
+        sample = np.load(root / model["sample"])
+        entry["kernels"] = kernel_coverage.coverage(root / model["file"], sample, model.get("layer_macs"))
         artifacts.append(entry)
     if not artifacts:
         raise RunnerError("nothing measured: pip install ai-edge-litert (for .tflite) or onnxruntime (for .onnx)")

@@ -77,6 +77,21 @@ ARTIFACT_SCHEMA = {
             "properties": {"threads": {"type": "integer"}, "images_per_s": _NUMBER},
         },
         "peak_rss_mb": {"type": ["number", "null"], "description": "peak RSS of a fresh process running it"},
+        "kernels": {
+            "type": "object",
+            "description": "what the runtime ran on this device: compute ops in int8 vs float kernels",
+            "required": ["runtime", "compute_ops", "int8_compute_ops"],
+            "properties": {
+                "runtime": {"enum": ["onnxruntime", "litert"]},
+                "compute_ops": {"type": "integer"},
+                "int8_compute_ops": {"type": "integer"},
+                "float_compute_ops": {"type": "integer"},
+                "int8_mac_share": {"type": "number", "minimum": 0, "maximum": 1},
+                "delegated_ops": {"type": "integer", "description": "LiteRT: ops run by XNNPACK"},
+                "total_ops": {"type": "integer"},
+                "ops": {"type": "object", "additionalProperties": {"type": "integer"}},
+            },
+        },
         "timing": {"type": "string", "description": "present when not timed, and why (e.g. an emulated CPU)"},
         "runtime": {
             "type": "object",

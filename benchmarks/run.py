@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks import device_runner
+from benchmarks import device_runner, kernel_coverage
 from benchmarks.report import validate_report
 from export import __version__, ui
 from export.artifacts import read_json, read_onnx_metadata, read_tflite_metadata, sidecar_path
@@ -160,7 +160,7 @@ def static_facts(path: Path, layers: bool) -> dict:
     from export.runtime import tflite_op_histogram
 
     counts = count_file(path)
-    facts = {
+    facts: dict = {
         "params": counts.params,
         "macs": counts.macs,
         "ops": onnx_op_histogram(path) if path.suffix.lower() == ".onnx" else tflite_op_histogram(path),
@@ -168,6 +168,7 @@ def static_facts(path: Path, layers: bool) -> dict:
     }
     if layers:
         facts["layers"] = counts.to_dict()["layers"]
+    facts["layer_macs"] = [[layer.name, layer.macs] for layer in counts.layers]  # for the kernel coverage
     return facts
 
 
@@ -214,6 +215,8 @@ def run(options: RunOptions) -> dict:
             except device_runner.RunnerError as exc:
                 raise ToolkitError(str(exc)) from None
             entry["accuracy"] = _accuracy(path, info, inputs, reference, reference_logits)
+            entry["kernels"] = kernel_coverage.coverage(path, sample, entry.pop("layer_macs"))
+            warn_if_mostly_float(entry)
             entries.append(entry)
     report = {
         "schema_version": device_runner.SCHEMA_VERSION,
@@ -258,6 +261,22 @@ def _accuracy(path: Path, info: dict, inputs, reference: Path | None, reference_
     return block
 
 
+def warn_if_mostly_float(entry: dict) -> None:
+    """An int8 model whose multiply-adds mostly run in float kernels here: its latency is not int8's."""
+    share = (entry.get("kernels") or {}).get("int8_mac_share")
+    if entry["precision"] == "int8" and share is not None and share < 0.5:
+        ui.warn(f"{entry['name']}: only {share:.0%} of its multiply-adds run in int8 kernels on {entry['device']}")
+
+
+def coverage_text(kernels: dict | None) -> str:
+    """`82% (31/58)`: share of MACs in int8 kernels (int8 compute ops / all compute ops)."""
+    if not kernels:
+        return "—"
+    share = kernels.get("int8_mac_share")
+    ops = f"{kernels['int8_compute_ops']}/{kernels['compute_ops']}"
+    return f"{share:.0%} ({ops})" if share is not None else ops
+
+
 # ---------------------------------------------------------------- the terminal table
 
 
@@ -275,7 +294,7 @@ def report_table(report: dict):
     threads = sorted({int(t) for a in report["artifacts"] for t in a["latency_ms"]})
     devices = {a["device"] for a in report["artifacts"]}
     columns = ["artifact", *(["device"] if len(devices) > 1 else []), "precision", "size MB", "MACs", "top-1"]
-    columns += ["drop pp", "agree", *[f"ms p50 @{t}" for t in threads], "img/s", "peak MB", "act. MB"]
+    columns += ["drop pp", "agree", "int8 MACs", *[f"ms p50 @{t}" for t in threads], "img/s", "peak MB", "act. MB"]
     rows = []
     for a in report["artifacts"]:
         acc = a.get("accuracy") or {}
@@ -295,6 +314,7 @@ def report_table(report: dict):
                 f"{acc['top1']:.1%}" if "top1" in acc else "—",
                 drop,
                 agree,
+                coverage_text(a.get("kernels")),
                 *[f"{v:.1f}" if v is not None else untimed for v in latency],
                 f"{a['throughput']['images_per_s']:.1f}" if a.get("throughput") else untimed,
                 f"{a['peak_rss_mb']:.0f}" if a.get("peak_rss_mb") is not None else untimed,

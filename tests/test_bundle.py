@@ -99,8 +99,9 @@ def test_bundle_holds_models_inputs_runner_and_manifest(bundle: Path, tmp_path: 
     assert "android/run_android.py" in manifest["files"]
     readme = (root / "README.md").read_text()
     assert "tar xf googlenet-bench.tar.gz" in readme and "python3 googlenet-bench/run.py" in readme
-    run_py = (root / "run.py").read_text()
-    assert "from export" not in run_py and "import torch" not in run_py and "from benchmarks" not in run_py
+    for standalone in ("run.py", "kernel_coverage.py"):
+        text = (root / standalone).read_text()
+        assert "from export" not in text and "import torch" not in text and "from benchmarks" not in text
 
 
 def test_bundle_is_reproducible(
@@ -135,6 +136,7 @@ def test_device_results_equal_the_host_benchmark(device_results: Path, host_repo
         stats = artifact["latency_ms"]["1"]
         assert stats["median"] <= stats["p90"] <= stats["p99"]
         assert artifact["peak_rss_mb"] > 0
+        assert artifact["kernels"] == expected["kernels"], artifact["name"]  # same CPU, same kernels
     assert device["host"]["cores"] >= 1 and "onnxruntime" in device["host"]["runtimes"]
 
 
@@ -255,6 +257,9 @@ def test_the_emulated_device_is_aarch64_with_xnnpack(emulated_results: Path, hos
         accuracy = artifact["accuracy"]
         assert accuracy["images"] == EVAL_SIZE and "emulated" not in accuracy
         assert accuracy["vs_reference"]["cosine_mean"] > 0.99  # ARM kernels, same model: close to FP32
+        if artifact["format"] == "onnx":  # on aarch64 ONNX Runtime fuses every QDQ convolution and the fc
+            assert artifact["kernels"]["int8_compute_ops"] == artifact["kernels"]["compute_ops"] == 58
+            assert artifact["kernels"]["ops"]["QLinearConv"] == 57 and artifact["kernels"]["int8_mac_share"] == 1.0
         if artifact["format"] == "tflite":
             assert artifact["runtime"]["xnnpack"] is True and artifact["runtime"]["delegate_nodes"] > 0
             # XNNPACK computes int8 bit-identically on x86 and aarch64
