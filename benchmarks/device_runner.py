@@ -208,7 +208,7 @@ def aarch64_hwcaps() -> set | None:
 def emulator() -> dict | None:
     """Set by `python -m benchmarks emulate` for a run under QEMU user-mode emulation (its CPU model)."""
     cpu = os.environ.get("QEMU_CPU")
-    return {"qemu_cpu": cpu, "note": os.environ.get("GOOGLENET_EDGE_EMULATOR", "qemu-user")} if cpu else None
+    return {"qemu_cpu": cpu, "emulator": os.environ.get("GOOGLENET_EDGE_EMULATOR", "qemu-user")} if cpu else None
 
 
 def host_facts() -> dict:

@@ -131,7 +131,7 @@ REPORT_SCHEMA = {
                 "emulation": {
                     "type": "object",
                     "description": "present for runs under an emulator: its CPU model",
-                    "properties": {"qemu_cpu": {"type": "string"}, "note": {"type": "string"}},
+                    "properties": {"qemu_cpu": {"type": "string"}, "emulator": {"type": "string"}},
                 },
             },
         },
