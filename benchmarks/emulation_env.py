@@ -148,8 +148,8 @@ class EmulationEnv:
         with _locked(self.cache_dir / ".lock"):
             if not rebuild and self.problem() is None:  # another process built it meanwhile
                 return False
-            for stale in self.cache_dir.glob(f".{self.key}.partial-*"):
-                shutil.rmtree(stale, ignore_errors=True)
+            for stale in [*self.cache_dir.glob(f".{self.key}.partial-*"), *self.cache_dir.glob(f".{self.key}.old-*")]:
+                shutil.rmtree(stale, ignore_errors=True)  # left by an interrupted setup: never used
             staging = self.cache_dir / f".{self.key}.partial-{os.getpid()}"
             try:
                 self._build(staging, mirror or apt_mirror())
