@@ -269,6 +269,7 @@ def test_the_emulated_device_is_aarch64_with_xnnpack(emulated_results: Path, hos
 def test_merge_and_gate_judge_the_arm_figures(
     run_bench_cli, emulated_results: Path, host_report: Path, tmp_path: Path
 ) -> None:
+    from benchmarks.compare import compare
     from benchmarks.gate import GateThresholds, judge
     from benchmarks.plot import plot_report
     from export.errors import ToolkitError
@@ -289,3 +290,6 @@ def test_merge_and_gate_judge_the_arm_figures(
     fails = [line for line in failing.stderr.splitlines() if line.startswith("FAIL")]
     assert len(fails) == len(INT8_MODELS) and all(arm in line and "as computed on" in line for line in fails)
     assert plot_report(report, tmp_path / "merged.png").stat().st_size > 0  # the untimed rows are left out
+    changes = [c for c in compare(report, report) if c.device == arm]
+    assert changes and all(c.verdict == "same" for c in changes)
+    assert {c.metric for c in changes if c.old is None} >= {"ms p50 (best threads)", "peak RSS MB"}  # not timed
