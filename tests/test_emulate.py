@@ -115,7 +115,8 @@ NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
 
 @pytest.mark.skipif(os.geteuid() != 0 or shutil.which("setpriv") is None, reason="needs root and setpriv")
 def test_not_root_is_one_line(tmp_path: Path) -> None:
-    probe = subprocess.run([*NOBODY, sys.executable, "-c", "import benchmarks.emulate"], cwd=PROJECT, capture_output=1)
+    command = [*NOBODY, sys.executable, "-c", "import benchmarks.emulate"]
+    probe = subprocess.run(command, cwd=PROJECT, capture_output=True)
     if probe.returncode != 0:
         pytest.skip(f"an unprivileged user cannot run this interpreter here: {probe.stderr.decode()[-200:]}")
     tmp_path.chmod(0o777)
