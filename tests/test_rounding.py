@@ -1,0 +1,163 @@
+"""quantize.rounding: learned weight rounding lies on the backends' int8 grid, reproduced exactly by ONNX
+Runtime's and TFLite's own round-to-nearest, and lowers a layer's output error on inputs it was not fitted on."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from onnx import TensorProto, helper, numpy_helper
+
+from quantize.rounding import (
+    INT8_MAX,
+    RoundingSettings,
+    grid_scale,
+    layer_hessians,
+    nearest_ints,
+    output_error,
+    round_layer,
+    to_float,
+)
+
+RNG = np.random.default_rng(0)
+
+
+def _correlated_inputs(count: int, width: int, seed: int) -> torch.Tensor:
+    """ReLU'd inputs with correlated channels, like a layer's inputs in a CNN (rounding errors then interact)."""
+    rng = np.random.default_rng(seed)
+    mix = np.random.default_rng(99).normal(0, 1, (width, width)) / np.sqrt(width)
+    return torch.from_numpy(np.maximum(rng.normal(0.3, 1, (count, width)) @ mix, 0)).float()
+
+
+def _layer(out: int = 24, width: int = 48) -> torch.Tensor:
+    return torch.from_numpy(np.random.default_rng(1).normal(0, 0.1, (out, width))).float()
+
+
+def _gram(x: torch.Tensor) -> torch.Tensor:
+    return (x.T @ x).double()
+
+
+@pytest.mark.parametrize("method", ["gptq", "adaround"])
+def test_learned_rounding_is_on_grid_and_generalises(method: str) -> None:
+    weight = _layer()
+    fit, held_out = _correlated_inputs(2000, 48, seed=2), _correlated_inputs(2000, 48, seed=3)
+    settings = RoundingSettings(method=method, iterations=200, damping=0.01)
+    ints = round_layer(weight, _gram(fit), len(fit), settings)
+    assert torch.equal(ints, torch.round(ints)) and ints.abs().max() <= INT8_MAX
+    rounded = to_float(weight, ints)
+    # the backends recompute max|w|/127 from the float weights: same scale, and their rounding gives back ints
+    assert torch.equal(grid_scale(rounded), grid_scale(weight))
+    assert torch.equal(torch.round(rounded / grid_scale(rounded)), ints)
+    assert torch.equal(rounded.abs().amax(dim=1), weight.abs().amax(dim=1))
+    if method == "adaround":  # AdaRound only chooses up or down; GPTQ may move further to absorb errors
+        assert ((ints - weight / grid_scale(weight)).abs() < 1).all()
+    nearest = output_error(weight, nearest_ints(weight), _gram(held_out), len(held_out))
+    learned = output_error(weight, ints, _gram(held_out), len(held_out))
+    assert learned < 0.8 * nearest, (learned, nearest)
+
+
+def test_hessian_covers_every_output_position() -> None:
+    """H = sum of x x^T over the conv's im2col patches: its output error equals the error measured directly."""
+    conv = torch.nn.Conv2d(3, 8, 3, padding=1)
+    images = RNG.normal(0, 1, (4, 3, 9, 9)).astype(np.float32)
+    (gram, count) = layer_hessians(conv, images, {"c": conv})["c"]
+    assert count == 4 * 9 * 9
+    weight = conv.weight.detach().reshape(8, -1)
+    ints = nearest_ints(weight)
+    rounded = torch.nn.Conv2d(3, 8, 3, padding=1, bias=False)
+    plain = torch.nn.Conv2d(3, 8, 3, padding=1, bias=False)
+    with torch.no_grad():
+        rounded.weight.copy_(to_float(weight, ints).reshape(conv.weight.shape))
+        plain.weight.copy_(conv.weight)
+        x = torch.from_numpy(images)
+        direct = float(((rounded(x) - plain(x)) ** 2).sum() / count)
+    assert output_error(weight, ints, gram, count) == pytest.approx(direct, rel=1e-4)
+
+
+def _rounded_pair() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """A conv [8, 3, 3, 3] and a dense [10, 32] weight, GPTQ-rounded; their float and int forms."""
+    out = []
+    for shape in ((8, 3, 3, 3), (10, 32)):
+        weight = torch.from_numpy(RNG.normal(0, 0.2, shape)).float().reshape(shape[0], -1)
+        x = _correlated_inputs(500, weight.shape[1], seed=5)
+        ints = round_layer(weight, _gram(x), len(x), RoundingSettings(method="gptq"))
+        out += [to_float(weight, ints).reshape(shape).numpy(), ints.reshape(shape).numpy().astype(np.int8)]
+    return out[0], out[1], out[2], out[3]
+
+
+def test_onnx_runtime_reproduces_the_rounding(tmp_path: Path) -> None:
+    """ORT's quantize_static (per-channel symmetric int8, as the toolkit calls it) stores exactly the learned ints."""
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    conv_w, conv_q, fc_w, fc_q = _rounded_pair()
+    graph = helper.make_graph(
+        [
+            helper.make_node("Conv", ["x", "cw"], ["c"], name="conv", pads=[1, 1, 1, 1]),
+            helper.make_node("Relu", ["c"], ["r"], name="relu"),
+            helper.make_node("GlobalAveragePool", ["r"], ["g"], name="gap"),
+            helper.make_node("Flatten", ["g"], ["f"], name="flat"),
+            helper.make_node("Gemm", ["f4", "fw"], ["y"], name="fc", transB=1),
+            helper.make_node("Concat", ["f", "f", "f", "f"], ["f4"], name="cat", axis=1),
+        ],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 10])],
+        [numpy_helper.from_array(conv_w, "cw"), numpy_helper.from_array(fc_w, "fw")],
+    )
+    graph.node.insert(4, graph.node.pop(5))  # topological order: Concat before Gemm
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
+    onnx.checker.check_model(model)
+    fp32, int8 = tmp_path / "fp32.onnx", tmp_path / "int8.onnx"
+    onnx.save(model, str(fp32))
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.data = iter([{"x": RNG.normal(0, 1, (1, 3, 8, 8)).astype(np.float32)} for _ in range(4)])
+
+        def get_next(self):
+            return next(self.data, None)
+
+    quantize_static(
+        str(fp32), str(int8), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+        activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, extra_options={"WeightSymmetric": True},
+    )  # fmt: skip
+    stored = {t.name: numpy_helper.to_array(t) for t in onnx.load(str(int8)).graph.initializer}
+    ints = {k: v for k, v in stored.items() if v.dtype == np.int8 and v.ndim >= 2}
+    assert len(ints) == 2
+    by_shape = {v.shape: v for v in ints.values()}
+    np.testing.assert_array_equal(by_shape[conv_q.shape], conv_q)
+    np.testing.assert_array_equal(by_shape[fc_q.shape], fc_q)
+
+
+@pytest.mark.slow
+def test_tflite_converter_reproduces_the_rounding(tmp_path: Path) -> None:
+    """TFLite's int8 conversion stores exactly the learned ints for conv (OHWI) and fully-connected kernels."""
+    tf = pytest.importorskip("tensorflow", reason="the TFLite converter is the optional extra")
+    from ai_edge_litert.tools import flatbuffer_utils
+
+    conv_w, conv_q, fc_w, fc_q = _rounded_pair()
+    kernel = conv_w.transpose(2, 3, 1, 0)  # OIHW -> HWIO
+    dense = np.ascontiguousarray(fc_w.T)  # [in, out]
+
+    @tf.function(input_signature=[tf.TensorSpec([1, 8, 8, 3], tf.float32)], autograph=False)
+    def net(x):
+        y = tf.reduce_mean(tf.nn.relu(tf.nn.conv2d(x, kernel, 1, "SAME")), axis=[1, 2])
+        return tf.matmul(tf.concat([y, y, y, y], axis=1), dense)
+
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([net.get_concrete_function()], net)
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    converter.representative_dataset = lambda: ([RNG.normal(0, 1, (1, 8, 8, 3)).astype(np.float32)] for _ in range(8))
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    path = tmp_path / "int8.tflite"
+    path.write_bytes(converter.convert())
+    model = flatbuffer_utils.read_model(str(path))
+    ints = {}
+    for tensor in model.subgraphs[0].tensors:
+        data = model.buffers[tensor.buffer].data
+        if data is not None and tensor.type == 9 and len(tensor.shape) >= 2:  # int8 constants
+            ints[tuple(tensor.shape)] = np.frombuffer(bytes(data), np.int8).reshape(tensor.shape)
+    np.testing.assert_array_equal(ints[(8, 3, 3, 3)], conv_q.transpose(0, 2, 3, 1))  # OIHW -> OHWI
+    np.testing.assert_array_equal(ints[(10, 32)], fc_q)
