@@ -127,6 +127,7 @@ def _check_quantize_options(args: argparse.Namespace) -> None:
             ("--calibration", args.calibration, None),
             ("--target", args.target, "arm64"),
             ("--exclude", args.exclude, []),
+            ("--int8-recipe", args.int8_recipe, "toolkit"),
         )
         if value != default
     ]
@@ -143,12 +144,12 @@ def run_onnx(args: argparse.Namespace) -> int:
     source = None
     eval_dir, exclude, evaluate = args.eval, frozenset(), not args.no_eval
     if args.quantize:
-        from quantize.presets import DEFAULT_CALIBRATION, preset
+        from quantize.presets import DEFAULT_CALIBRATION, preset, recipe_overrides
 
         config = preset(
             args.target,
             calibration=args.calibration or DEFAULT_CALIBRATION,
-            exclude=tuple(args.exclude),
+            **recipe_overrides(args.int8_recipe, tuple(args.exclude)),
         )
         source, eval_dir, exclude, evaluate = _calibration_plan(args, loaded.preprocess, evaluate)
     options = OnnxExportOptions(
@@ -186,7 +187,7 @@ def _quantize_int8(result: OnnxExportResult, source, config, loaded, out: Path) 
         ui.warn("no held-out labelled images: drift is measured on the built-in photos (agreement only)")
         eval_set = load_eval_set(validation_photos(), None, loaded.preprocess, None, "Loading photos")
         fp32_logits = None
-    q = quantize_onnx(result.path, source, config, eval_set, fp32_logits)
+    q = quantize_onnx(result.path, source, config, eval_set, fp32_logits, reference=loaded.model)
     drift = q.info["drift"]
     if drift:
         ui.show(drift_table(drift))

@@ -39,6 +39,9 @@ class TfliteInt8Config:
     float_stem: bool = True
     bias_correction: bool = True
     global_mean: bool = True
+    # "nearest" (the converter's own) or a `quantize.rounding` method: the weights are rounded onto TFLite's
+    # int8 grid beforehand, so the converter's round-to-nearest reproduces that rounding exactly
+    rounding: str = "nearest"
 
     @classmethod
     def plain(cls) -> TfliteInt8Config:
@@ -49,7 +52,11 @@ class TfliteInt8Config:
         return asdict(self)
 
 
-RECIPES = {"toolkit": TfliteInt8Config(), "plain": TfliteInt8Config.plain()}
+RECIPES = {
+    "toolkit": TfliteInt8Config(),
+    "plain": TfliteInt8Config.plain(),
+    "learned": TfliteInt8Config(rounding="gptq"),  # + GPTQ weight rounding (quantize.rounding), opt-in
+}
 
 
 def recipe(name: str) -> TfliteInt8Config:

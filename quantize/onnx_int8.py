@@ -160,6 +160,31 @@ def _quantize_static(pre: Path, out: Path, cache: Path, config: QuantizationConf
         )
 
 
+def apply_rounding(pre: Path, reference, images: np.ndarray, config: QuantizationConfig) -> dict:
+    """Write weights rounded by `config.rounding` (fitted on `images`, NCHW, with the reference PyTorch
+    model) into the graph at `pre`, so ONNX Runtime's round-to-nearest reproduces them exactly."""
+    from onnx import numpy_helper
+
+    from quantize.rounding import RoundingSettings, rounded_copy, rounded_initializers
+
+    if reference is None:
+        raise ToolkitError(f"rounding {config.rounding!r} needs the PyTorch reference model")
+    skip = tuple(name for name in config.exclude if name.endswith("conv") or name == "fc")
+    rounded, record = rounded_copy(reference, images, RoundingSettings(method=config.rounding), skip)
+    weights = rounded_initializers(rounded, skip)
+    model = onnx.load(str(pre))
+    written = 0
+    for index, tensor in enumerate(model.graph.initializer):
+        if tensor.name in weights:
+            new = weights[tensor.name].reshape(numpy_helper.to_array(tensor).shape)
+            model.graph.initializer[index].CopyFrom(numpy_helper.from_array(new, tensor.name))
+            written += 1
+    if written != len(weights):
+        raise ToolkitError(f"rounded {len(weights)} layers but found {written} of their weights in the graph", pre)
+    onnx.save(model, str(pre))
+    return record
+
+
 def drift_report(
     fp32_path: Path, int8_path: Path, eval_set: EvalSet, fp32_logits: np.ndarray | None, workdir: Path
 ) -> dict:
@@ -190,6 +215,7 @@ def quantize_onnx(
     eval_set: EvalSet | None = None,
     fp32_logits: np.ndarray | None = None,
     out_path: Path | None = None,
+    reference=None,
 ) -> Int8Result:
     """Quantize, stamp metadata, measure drift; `googlenet.int8.onnx` appears only when all succeeded."""
     fp32_path = Path(fp32_path)
@@ -213,6 +239,10 @@ def quantize_onnx(
         _check_excludes(pre_model, config.exclude, fp32_path)
         _check_calibration_shape(pre_model, source)
         staged = stage / final.name
+        rounding = None
+        if config.rounding != "nearest":
+            step(f"rounding the weights ({config.rounding}) on {count} calibration images")
+            rounding = apply_rounding(pre, reference, np.concatenate(list(source.batches())), config)
         cache = calibrate(pre, source, config, count, stage)
         _quantize_static(pre, staged, cache, config)
         timings["quantize_s"] = time.perf_counter() - started
@@ -230,7 +260,7 @@ def quantize_onnx(
                 "precision": "int8",
                 "fp32_model": fp32_path.name,
                 "fp32_sha256": file_sha256(fp32_path),
-                "quantization": config.to_dict(),
+                "quantization": {**config.to_dict(), **({"rounding": rounding} if rounding else {})},
                 "calibration": calibration,
                 "drift": drift,
                 "host": host_facts(),

@@ -28,6 +28,8 @@ class QuantizationConfig:
     percentile: float = 99.999
     exclude: tuple[str, ...] = ()
     why: str = ""
+    # "nearest" (ONNX Runtime's own) or a `quantize.rounding` method: weights pre-rounded onto ORT's grid
+    rounding: str = "nearest"
 
     @classmethod
     def arm64(cls, **overrides) -> QuantizationConfig:
@@ -61,6 +63,26 @@ class QuantizationConfig:
         data["bias_type"] = "int32"
         data["format"] = "QDQ"
         return data
+
+
+# The float stem of the TFLite recipe: conv1's 0-4300 output range quantized in 17-unit steps right before LRN.
+FLOAT_STEM = ("conv1.conv", "conv1.relu", "pool1")
+# Named recipes (`--int8-recipe`), on top of any target preset; the same names as the TFLite recipes.
+RECIPES: dict[str, dict] = {
+    "toolkit": {},  # the default
+    "plain": {},  # ONNX Runtime's static quantization alone
+    "learned": {"rounding": "gptq", "exclude": FLOAT_STEM},  # GPTQ weight rounding + float stem (opt-in)
+}
+
+
+def recipe_overrides(name: str, exclude: tuple[str, ...] = ()) -> dict:
+    """`preset()` overrides for recipe `name`, with the user's `--exclude` nodes added to the recipe's."""
+    try:
+        chosen = RECIPES[name]
+    except KeyError:
+        raise ToolkitError(f"unknown --int8-recipe {name!r} (choose from {', '.join(RECIPES)})") from None
+    merged = tuple(dict.fromkeys((*chosen.get("exclude", ()), *exclude)))
+    return {**chosen, "exclude": merged}
 
 
 PRESETS = {
