@@ -134,9 +134,27 @@ def calibrate(pre: Path, source: CalibrationSource, config: QuantizationConfig, 
         )
         calibrator.collect_data(_ProgressReader(source, input_name, count))
         ranges = calibrator.compute_data()
+    if config.shared_concat_ranges:
+        share_concat_ranges(onnx.load(str(pre), load_external_data=False), ranges)
     cache = workdir / "calibration.json"
     save_tensors_data(ranges, cache)
     return cache
+
+
+def share_concat_ranges(model: onnx.ModelProto, ranges) -> None:
+    """Each Concat's inputs and output get the union of their calibrated ranges (see `shared_concat_ranges`)."""
+    from onnxruntime.quantization.calibrate import TensorData
+
+    for node in model.graph.node:
+        if node.op_type != "Concat":
+            continue
+        names = [n for n in (*node.input, *node.output) if n in ranges]
+        if len(names) < 2:
+            continue
+        low = min(float(ranges[n].range_value[0]) for n in names)
+        high = max(float(ranges[n].range_value[1]) for n in names)
+        for name in names:
+            ranges[name] = TensorData(lowest=np.float32(low), highest=np.float32(high))
 
 
 def _quantize_static(pre: Path, out: Path, cache: Path, config: QuantizationConfig) -> None:
@@ -156,7 +174,11 @@ def _quantize_static(pre: Path, out: Path, cache: Path, config: QuantizationConf
             nodes_to_exclude=list(config.exclude) or None,
             calibrate_method=method,
             calibration_cache_path=str(cache),
-            extra_options={"WeightSymmetric": True, "ActivationSymmetric": config.activation_symmetric},
+            extra_options={
+                "WeightSymmetric": True,
+                "ActivationSymmetric": config.activation_symmetric,
+                "OpTypesToExcludeOutputQuantization": list(config.float_outputs),
+            },
         )
 
 

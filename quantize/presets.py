@@ -30,6 +30,12 @@ class QuantizationConfig:
     why: str = ""
     # "nearest" (ONNX Runtime's own) or a `quantize.rounding` method: weights pre-rounded onto ORT's grid
     rounding: str = "nearest"
+    # op types whose output stays float (ORT's OpTypesToExcludeOutputQuantization): ["Gemm"] keeps the logits
+    # out of an int8 grid whose step (~0.2 logit) flips near-ties
+    float_outputs: tuple[str, ...] = ()
+    # give every input of a Concat the Concat output's range: the branch outputs are then rounded once, on the
+    # grid the concatenation keeps, instead of twice (their own grid, then the coarser concatenated one)
+    shared_concat_ranges: bool = False
 
     @classmethod
     def arm64(cls, **overrides) -> QuantizationConfig:
@@ -58,6 +64,7 @@ class QuantizationConfig:
     def to_dict(self) -> dict:
         data = asdict(self)
         data["exclude"] = list(self.exclude)
+        data["float_outputs"] = list(self.float_outputs)
         data["weight_type"] = "int8"
         data["weight_symmetric"] = True
         data["bias_type"] = "int32"
@@ -72,6 +79,19 @@ RECIPES: dict[str, dict] = {
     "toolkit": {},  # the default
     "plain": {},  # ONNX Runtime's static quantization alone
     "learned": {"rounding": "gptq", "exclude": FLOAT_STEM},  # GPTQ weight rounding + float stem (opt-in)
+    # the steps between them, measured by benchmarks/int8_fidelity.py
+    "float-logits": {"float_outputs": ("Gemm",)},
+    "stem+logits": {"exclude": FLOAT_STEM, "float_outputs": ("Gemm",)},
+    "learned+logits": {"rounding": "gptq", "exclude": FLOAT_STEM, "float_outputs": ("Gemm",)},
+    "float-pool": {"exclude": ("avgpool",)},
+    "concat": {"shared_concat_ranges": True},
+    "all": {
+        "rounding": "gptq",
+        "exclude": (*FLOAT_STEM, "avgpool"),
+        "float_outputs": ("Gemm",),
+        "shared_concat_ranges": True,
+    },
+    "all-but-rounding": {"exclude": (*FLOAT_STEM, "avgpool"), "float_outputs": ("Gemm",), "shared_concat_ranges": True},
 }
 
 

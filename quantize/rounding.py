@@ -253,9 +253,16 @@ def learned_rounding(
 def rounded_copy(
     model: nn.Module, images: np.ndarray, settings: RoundingSettings, skip: Iterable[str] = ()
 ) -> tuple[nn.Module, dict]:
-    """A copy of `model` whose quantized layers hold on-grid weights, and the sidecar's record of how."""
-    import copy
+    """A copy of `model` whose quantized layers hold on-grid weights, and the sidecar's record of how.
 
+    The last result is kept: the ONNX and TFLite exporters of one run fit the same rounding only once."""
+    import copy
+    import hashlib
+
+    key = (id(model), hashlib.sha256(np.ascontiguousarray(images, np.float32).tobytes()).hexdigest(), settings,
+           tuple(skip))  # fmt: skip
+    if _LAST.get("key") == key:
+        return _LAST["value"]
     rounded = copy.deepcopy(model).eval()
     layers = learned_rounding(rounded, images, settings, skip) if settings.method != "nearest" else {}
     ratios = [v["error"] / v["nearest_error"] for v in layers.values() if v["nearest_error"] > 0]
@@ -266,7 +273,11 @@ def rounded_copy(
         "kept_float": sorted(skip),
         "output_error_vs_nearest": round(float(np.mean(ratios)), 4) if ratios else 1.0,
     }
+    _LAST.update(key=key, value=(rounded, record), model=model)  # holding `model` keeps its id unique
     return rounded, record
+
+
+_LAST: dict = {}
 
 
 def rounded_initializers(model: nn.Module, skip: Iterable[str] = ()) -> dict[str, np.ndarray]:

@@ -161,3 +161,34 @@ def test_tflite_converter_reproduces_the_rounding(tmp_path: Path) -> None:
             ints[tuple(tensor.shape)] = np.frombuffer(bytes(data), np.int8).reshape(tensor.shape)
     np.testing.assert_array_equal(ints[(8, 3, 3, 3)], conv_q.transpose(0, 2, 3, 1))  # OIHW -> OHWI
     np.testing.assert_array_equal(ints[(10, 32)], fc_q)
+
+
+@pytest.mark.slow
+def test_real_model_onnx_int8_holds_the_learned_ints(bvlc_onnx_export, bvlc_loaded, imagenet_sample_dir: Path) -> None:
+    """The real network through `--int8-recipe learned`: every int8 weight ORT writes is the learned integer,
+    conv1 (float stem) stays float, and the sidecar records the rounding."""
+    from quantize import FolderSource, quantize_onnx
+    from quantize.presets import preset, recipe_overrides
+    from quantize.rounding import RoundingSettings, quantized_layers, rounded_copy
+
+    source = FolderSource(imagenet_sample_dir, bvlc_loaded.preprocess, size=12, seed=3)
+    config = preset("arm64", **recipe_overrides("learned"))
+    out = bvlc_onnx_export.path.parent / "learned" / "googlenet.int8.onnx"
+    out.parent.mkdir(exist_ok=True)
+    result = quantize_onnx(bvlc_onnx_export.path, source, config, out_path=out, reference=bvlc_loaded.model)
+    rounded, record = rounded_copy(  # the cached fit of the run above
+        bvlc_loaded.model, np.concatenate(list(source.batches())), RoundingSettings("gptq"), ("conv1.conv",)
+    )
+    stored = {t.name: numpy_helper.to_array(t) for t in onnx.load(str(out)).graph.initializer}
+    layers = quantized_layers(rounded, ("conv1.conv",))
+    assert len(layers) == 57 + 1 - 1  # 57 convs + fc, minus conv1
+    for name, module in layers.items():
+        weight = module.weight.detach().reshape(module.weight.shape[0], -1)
+        ints = torch.round(weight / grid_scale(weight)).reshape(module.weight.shape).numpy().astype(np.int8)
+        quantized = [v for k, v in stored.items() if k.startswith(f"{name}.weight") and v.dtype == np.int8]
+        assert len(quantized) == 1, name
+        np.testing.assert_array_equal(quantized[0], ints, err_msg=name)
+    assert stored["conv1.conv.weight"].dtype == np.float32
+    sidecar = result.info["quantization"]
+    assert sidecar["rounding"]["method"] == "gptq" and sidecar["rounding"]["kept_float"] == ["conv1.conv"]
+    assert sidecar["rounding"] == record and "conv1.conv" in sidecar["exclude"]
