@@ -9,6 +9,8 @@ anything. Every int8 model is judged against the same FP32 ONNX model: the ONNX 
 Runtime with graph optimisations off, the target-independent figure), the TFLite one in LiteRT.
 "At risk" counts the held-out photos whose FP32 top-1 margin is below that photo's int8 logit error
 (RMS over the classes): agreement on 400 photos moves in 0.25 pp steps and hinges on those near-ties.
+Backend `weights`: PyTorch, float activations, weights rounded as the TFLite recipe rounds them (the floor
+that weight rounding alone sets; size not measured).
 Judge by the mean and the worst draw, never by one draw.
 """
 
@@ -59,7 +61,52 @@ def _tflite(loaded, calibration: np.ndarray, recipe: str, out: Path, inputs_nchw
     return predict(TfliteRunner(out), inputs_nchw.transpose(0, 2, 3, 1), "int8 TFLite"), out.stat().st_size
 
 
-def run(weights: Path, calib: Path, calib_size: int, seeds: list[int], recipes: list[str], backends: list[str]) -> dict:
+def _validation_split(source, loaded, calib: Path, count: int, seed: int):
+    """Calibrate on all but `count` of the draw's calibration photos, measure on those `count`: how passes are
+    chosen without looking at the evaluation photos."""
+    from export.evaluation import load_eval_set
+    from quantize.calibration import ArraySource
+
+    order = np.random.default_rng(1000 + seed).permutation(len(source.chosen))
+    fit, val = np.sort(order[count:]), np.sort(order[:count])
+    images = source.arrays()
+    held_out = load_eval_set([source.chosen[i] for i in val], calib, loaded.preprocess, loaded.labels, "Validation")
+    return ArraySource(images[fit], origin=f"{len(fit)} of the calibration draw"), held_out
+
+
+def _weights_only(loaded, calibration_nchw: np.ndarray, recipe: str, inputs: np.ndarray) -> tuple[np.ndarray, int]:
+    """PyTorch with float activations and the weights rounded as the TFLite recipe rounds them (conv1 float):
+    the floor the weight rounding alone sets."""
+    import torch
+
+    from export.tflite_int8 import recipe as tflite_recipe
+    from quantize.rounding import RoundingSettings, nearest_ints, quantized_layers, rounded_copy, to_float
+
+    config = tflite_recipe(recipe)
+    skip = ("conv1.conv",) if config.float_stem else ()
+    model, _ = rounded_copy(loaded.model, calibration_nchw, RoundingSettings(method=config.rounding), skip)
+    if config.rounding == "nearest":
+        with torch.no_grad():
+            for module in quantized_layers(model, skip).values():
+                w = module.weight.reshape(module.weight.shape[0], -1)
+                module.weight.copy_(to_float(w, nearest_ints(w)).reshape(module.weight.shape))
+    with torch.no_grad():
+        logits = np.concatenate(
+            [model(torch.from_numpy(inputs[i : i + 25])).numpy() for i in range(0, len(inputs), 25)]
+        )
+    return logits, 0
+
+
+def run(
+    weights: Path,
+    calib: Path,
+    calib_size: int,
+    seeds: list[int],
+    recipes: list[str],
+    backends: list[str],
+    validation: int = 0,
+    progress_path: Path | None = None,
+) -> dict:
     import torch
 
     from export.onnx_export import OnnxExportOptions, export_onnx
@@ -75,15 +122,21 @@ def run(weights: Path, calib: Path, calib_size: int, seeds: list[int], recipes: 
         fp32_size = fp32.stat().st_size
         for seed in seeds:
             source = FolderSource(calib, loaded.preprocess, size=calib_size, seed=seed)
-            held_out = load_eval_folder(calib, loaded.preprocess, loaded.labels, exclude=set(source.chosen))
+            if validation:
+                source, held_out = _validation_split(source, loaded, calib, validation, seed)
+            else:
+                held_out = load_eval_folder(calib, loaded.preprocess, loaded.labels, exclude=set(source.chosen))
             reference = predict(throughput_runner(fp32), held_out.inputs, "FP32")
-            nhwc = source.arrays().transpose(0, 2, 3, 1).copy()
+            nhwc = np.concatenate(list(source.batches())).transpose(0, 2, 3, 1).copy()
             for recipe in recipes:
                 for backend in backends:
                     started = time.perf_counter()
                     out = Path(tmp) / f"{seed}-{recipe}.int8.{backend}"
                     if backend == "onnx":
                         logits, size = _onnx(fp32, loaded, source, recipe, out, held_out.inputs)
+                    elif backend == "weights":
+                        calibration = np.ascontiguousarray(nhwc.transpose(0, 3, 1, 2))
+                        logits, size = _weights_only(loaded, calibration, recipe, held_out.inputs)
                     else:
                         logits, size = _tflite(loaded, nhwc, recipe, out, held_out.inputs)
                     cell = {
@@ -96,6 +149,10 @@ def run(weights: Path, calib: Path, calib_size: int, seeds: list[int], recipes: 
                     }
                     print(cell, flush=True)
                     cells.append(cell)
+                    if progress_path is not None:  # a long run keeps what it measured so far
+                        from export.artifacts import write_json
+
+                        write_json(progress_path, round_floats({"cells": cells}))
     summary = {}
     for recipe in recipes:
         for backend in backends:
@@ -112,6 +169,7 @@ def run(weights: Path, calib: Path, calib_size: int, seeds: list[int], recipes: 
             "calib": str(calib),
             "calib_size": calib_size,
             "eval_images": len(held_out),
+            "evaluated_on": f"{validation} calibration photos left out of the fit" if validation else "held-out photos",
             "seeds": seeds,
             "cells": cells,
             "summary": summary,
@@ -151,11 +209,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--calib-size", type=int, default=100)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     parser.add_argument("--recipes", nargs="+", default=["toolkit", "learned"])
-    parser.add_argument("--backends", nargs="+", default=["onnx", "tflite"], choices=["onnx", "tflite"])
+    parser.add_argument("--backends", nargs="+", default=["onnx", "tflite"], choices=["weights", "onnx", "tflite"])
+    parser.add_argument(
+        "--validation", type=int, default=0, metavar="N", help="measure on N of each draw's calibration photos "
+        "(calibrating on the rest), never on the held-out ones: for choosing a recipe",
+    )  # fmt: skip
     parser.add_argument("--out", type=Path, default=Path("artifacts/int8-fidelity.json"))
     args = parser.parse_args(argv)
     try:
-        report = run(args.weights, args.calib, args.calib_size, args.seeds, args.recipes, args.backends)
+        report = run(
+            args.weights,
+            args.calib,
+            args.calib_size,
+            args.seeds,
+            args.recipes,
+            args.backends,
+            args.validation,
+            args.out.with_suffix(".partial.json"),
+        )
         write_json(args.out, report)
     except ToolkitError as exc:
         sys.stderr.write(f"error: {exc}\n")

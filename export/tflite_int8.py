@@ -58,9 +58,10 @@ class TfliteInt8Config:
 RECIPES = {
     "toolkit": TfliteInt8Config(),
     "plain": TfliteInt8Config.plain(),
-    "learned": TfliteInt8Config(rounding="gptq"),  # + GPTQ weight rounding (quantize.rounding), opt-in
+    # opt-in: + GPTQ weight rounding (quantize.rounding) and the hybrid classifier (float logits)
+    "learned": TfliteInt8Config(rounding="gptq", float_logits=True),
+    "gptq": TfliteInt8Config(rounding="gptq"),  # single steps, measured on their own
     "float-logits": TfliteInt8Config(float_logits=True),
-    "learned+logits": TfliteInt8Config(rounding="gptq", float_logits=True),
 }
 
 

@@ -151,10 +151,13 @@ def share_concat_ranges(model: onnx.ModelProto, ranges) -> None:
         names = [n for n in (*node.input, *node.output) if n in ranges]
         if len(names) < 2:
             continue
-        low = min(float(ranges[n].range_value[0]) for n in names)
-        high = max(float(ranges[n].range_value[1]) for n in names)
+        low = min(float(np.min(ranges[n].range_value[0])) for n in names)
+        high = max(float(np.max(ranges[n].range_value[1])) for n in names)
         for name in names:
-            ranges[name] = TensorData(lowest=np.float32(low), highest=np.float32(high))
+            old_low, old_high = (np.asarray(v) for v in ranges[name].range_value)
+            ranges[name] = TensorData(
+                lowest=np.full(old_low.shape, low, old_low.dtype), highest=np.full(old_high.shape, high, old_high.dtype)
+            )
 
 
 def _quantize_static(pre: Path, out: Path, cache: Path, config: QuantizationConfig) -> None:

@@ -78,20 +78,19 @@ FLOAT_STEM = ("conv1.conv", "conv1.relu", "pool1")
 RECIPES: dict[str, dict] = {
     "toolkit": {},  # the default
     "plain": {},  # ONNX Runtime's static quantization alone
-    "learned": {"rounding": "gptq", "exclude": FLOAT_STEM},  # GPTQ weight rounding + float stem (opt-in)
-    # the steps between them, measured by benchmarks/int8_fidelity.py
-    "float-logits": {"float_outputs": ("Gemm",)},
-    "stem+logits": {"exclude": FLOAT_STEM, "float_outputs": ("Gemm",)},
-    "learned+logits": {"rounding": "gptq", "exclude": FLOAT_STEM, "float_outputs": ("Gemm",)},
-    "float-pool": {"exclude": ("avgpool",)},
-    "concat": {"shared_concat_ranges": True},
-    "all": {
+    # opt-in: GPTQ weight rounding, float stem, float average pool (int8 AveragePool keeps inception 5b's
+    # coarse scale; float, the pooled features get their own), float logits (the Gemm's output)
+    "learned": {
         "rounding": "gptq",
         "exclude": (*FLOAT_STEM, "avgpool"),
         "float_outputs": ("Gemm",),
-        "shared_concat_ranges": True,
     },
-    "all-but-rounding": {"exclude": (*FLOAT_STEM, "avgpool"), "float_outputs": ("Gemm",), "shared_concat_ranges": True},
+    # single steps, measured on their own (docs/int8-fidelity.md)
+    "float-stem": {"exclude": FLOAT_STEM},
+    "float-pool": {"exclude": ("avgpool",)},
+    "float-logits": {"float_outputs": ("Gemm",)},
+    "stem+logits": {"exclude": FLOAT_STEM, "float_outputs": ("Gemm",)},
+    "concat": {"shared_concat_ranges": True},
 }
 
 

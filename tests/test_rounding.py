@@ -192,3 +192,62 @@ def test_real_model_onnx_int8_holds_the_learned_ints(bvlc_onnx_export, bvlc_load
     sidecar = result.info["quantization"]
     assert sidecar["rounding"]["method"] == "gptq" and sidecar["rounding"]["kept_float"] == ["conv1.conv"]
     assert sidecar["rounding"] == record and "conv1.conv" in sidecar["exclude"]
+
+
+def _branchy_model(path: Path) -> None:
+    """x -> two conv+relu branches -> Concat -> AveragePool -> Flatten -> Gemm, like GoogLeNet's tail."""
+    rng = np.random.default_rng(7)
+    inits = [
+        numpy_helper.from_array(rng.normal(0, 0.5, (4, 3, 1, 1)).astype(np.float32), "w1"),
+        numpy_helper.from_array(rng.normal(0, 2.0, (4, 3, 1, 1)).astype(np.float32), "w2"),
+        numpy_helper.from_array(rng.normal(0, 0.5, (5, 8)).astype(np.float32), "fw"),
+    ]
+    nodes = [
+        helper.make_node("Conv", ["x", "w1"], ["c1"], name="b1.conv"),
+        helper.make_node("Relu", ["c1"], ["r1"], name="b1.relu"),
+        helper.make_node("Conv", ["x", "w2"], ["c2"], name="b2.conv"),
+        helper.make_node("Relu", ["c2"], ["r2"], name="b2.relu"),
+        helper.make_node("Concat", ["r1", "r2"], ["cat"], name="cat", axis=1),
+        helper.make_node("AveragePool", ["cat"], ["pool"], name="avgpool", kernel_shape=[4, 4]),
+        helper.make_node("Flatten", ["pool"], ["flat"], name="flat"),
+        helper.make_node("Gemm", ["flat", "fw"], ["y"], name="fc", transB=1),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 4, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 5])],
+        inits,
+    )
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8), str(path))
+
+
+def test_onnx_passes_concat_ranges_float_pool_float_logits(tmp_path: Path) -> None:
+    """shared_concat_ranges: both branches are quantized on the Concat's grid; excluding the pool gives the
+    pooled features their own (finer) grid; float_outputs=Gemm leaves the logits unquantized."""
+    from quantize import ArraySource, QuantizationConfig, quantize_onnx
+
+    fp32 = tmp_path / "fp32.onnx"
+    _branchy_model(fp32)
+    data = ArraySource(RNG.normal(0, 1, (8, 3, 4, 4)).astype(np.float32))
+
+    def scales(config: QuantizationConfig, name: str) -> dict[str, float]:
+        out = tmp_path / name
+        quantize_onnx(fp32, data, config, out_path=out)
+        model = onnx.load(str(out))
+        inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+        found = {n.input[0]: float(inits[n.input[1]]) for n in model.graph.node if n.op_type == "QuantizeLinear"}
+        # a quantized graph output is written as `y_QuantizeLinear_Input` (or similar) and dequantized into `y`
+        return {("y" if k.startswith("y_") else k): v for k, v in found.items()}
+
+    plain = scales(QuantizationConfig.arm64(), "plain.onnx")
+    tuned = scales(
+        QuantizationConfig.arm64(exclude=("avgpool",), float_outputs=("Gemm",), shared_concat_ranges=True),
+        "tuned.onnx",
+    )
+    assert plain["r1"] < plain["cat"]  # two grids: the small branch is rounded twice
+    assert tuned["r1"] == tuned["r2"] == tuned["cat"]
+    assert plain.get("pool", plain["cat"]) == plain["cat"]  # int8 AveragePool keeps the Concat's grid
+    features = tuned.get("pool", tuned.get("flat"))  # the Gemm's input, on its own calibrated grid
+    assert features is not None and features < tuned["cat"]
+    assert "y" in plain and "y" not in tuned
