@@ -52,7 +52,27 @@ class TfliteInt8Config:
         return cls(float_stem=False, bias_correction=False, global_mean=False)
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """The recipe as the sidecar records it: the switches, then the passes and what stays float."""
+        data = asdict(self)
+        data["passes"] = [
+            name
+            for name, on in (
+                ("float-stem", self.float_stem),
+                ("bias-correction", self.bias_correction),  # after learned rounding: ~0, the kernels are on grid
+                ("mean-pool", self.global_mean),
+                (f"rounding:{self.rounding}", self.rounding != "nearest"),
+                ("hybrid-classifier", self.float_logits),
+            )
+            if on
+        ]
+        data["kept_float"] = [
+            *(["pad", "conv1 (float16 weights)", "pool1"] if self.float_stem else []),
+            "norm1 (LRN)",
+            "norm2 (LRN)",
+            *(["avgpool (MEAN)", "fc output (hybrid: int8 weights, float logits)"] if self.float_logits else []),
+        ]
+        data["weight_rounding"] = self.rounding if self.rounding != "nearest" else "nearest (the converter's)"
+        return data
 
 
 RECIPES = {

@@ -36,6 +36,7 @@ class QuantizationConfig:
     # give every input of a Concat the Concat output's range: the branch outputs are then rounded once, on the
     # grid the concatenation keeps, instead of twice (their own grid, then the coarser concatenated one)
     shared_concat_ranges: bool = False
+    recipe: str = "toolkit"  # the name in RECIPES these settings came from (recorded in the sidecar)
 
     @classmethod
     def arm64(cls, **overrides) -> QuantizationConfig:
@@ -101,7 +102,7 @@ def recipe_overrides(name: str, exclude: tuple[str, ...] = ()) -> dict:
     except KeyError:
         raise ToolkitError(f"unknown --int8-recipe {name!r} (choose from {', '.join(RECIPES)})") from None
     merged = tuple(dict.fromkeys((*chosen.get("exclude", ()), *exclude)))
-    return {**chosen, "exclude": merged}
+    return {**chosen, "exclude": merged, "recipe": name}
 
 
 PRESETS = {
