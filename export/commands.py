@@ -144,12 +144,15 @@ def run_onnx(args: argparse.Namespace) -> int:
     source = None
     eval_dir, exclude, evaluate = args.eval, frozenset(), not args.no_eval
     if args.quantize:
-        from quantize.presets import DEFAULT_CALIBRATION, preset, recipe_overrides
+        from quantize.presets import DEFAULT_CALIBRATION
+        from quantize.recipes import recipe
 
-        config = preset(
+        config = recipe(
+            "onnx",
+            args.int8_recipe,
             args.target,
+            tuple(args.exclude),
             calibration=args.calibration or DEFAULT_CALIBRATION,
-            **recipe_overrides(args.int8_recipe, tuple(args.exclude)),
         )
         source, eval_dir, exclude, evaluate = _calibration_plan(args, loaded.preprocess, evaluate)
     options = OnnxExportOptions(
@@ -215,7 +218,7 @@ def _quantize_int8(result: OnnxExportResult, source, config, loaded, out: Path) 
 
 def run_tflite(args: argparse.Namespace) -> int:
     from export.tflite_export import export_tflite, input_preprocess, require_tensorflow
-    from export.tflite_int8 import recipe
+    from quantize.recipes import recipe
 
     started = time.perf_counter()
     if args.io != "float32" and args.quantize != "int8":
@@ -224,7 +227,7 @@ def run_tflite(args: argparse.Namespace) -> int:
         raise ToolkitError("--calib and --calib-size only apply with --quantize int8")
     if args.quantize != "int8" and args.int8_recipe != "toolkit":
         raise ToolkitError("--int8-recipe only applies with --quantize int8")
-    int8 = recipe(args.int8_recipe)
+    int8 = recipe("tflite", args.int8_recipe)
     _check_paths(args)
     require_tensorflow()
     loaded = _load(args)

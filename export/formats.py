@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from export import paths
+from quantize.recipes import CLI_RECIPES
 
 
 def positive_int(text: str) -> int:
@@ -118,7 +119,7 @@ OPTIONS: dict[str, Option] = {
     "int8_recipe": Option(
         ("--int8-recipe",),
         {
-            "choices": ("toolkit", "plain", "learned"),
+            "choices": CLI_RECIPES,
             "default": "toolkit",
             "help": "toolkit (default; TFLite: float stem, bias correction, MEAN pool); plain: the converter/ORT "
             "alone; learned: + GPTQ weight rounding and float stem, slower (see README)",
