@@ -127,6 +127,7 @@ def _check_quantize_options(args: argparse.Namespace) -> None:
             ("--calibration", args.calibration, None),
             ("--target", args.target, "arm64"),
             ("--exclude", args.exclude, []),
+            ("--int8-recipe", args.int8_recipe, "toolkit"),
         )
         if value != default
     ]
@@ -143,12 +144,15 @@ def run_onnx(args: argparse.Namespace) -> int:
     source = None
     eval_dir, exclude, evaluate = args.eval, frozenset(), not args.no_eval
     if args.quantize:
-        from quantize.presets import DEFAULT_CALIBRATION, preset
+        from quantize.presets import DEFAULT_CALIBRATION
+        from quantize.recipes import recipe
 
-        config = preset(
+        config = recipe(
+            "onnx",
+            args.int8_recipe,
             args.target,
+            tuple(args.exclude),
             calibration=args.calibration or DEFAULT_CALIBRATION,
-            exclude=tuple(args.exclude),
         )
         source, eval_dir, exclude, evaluate = _calibration_plan(args, loaded.preprocess, evaluate)
     options = OnnxExportOptions(
@@ -186,7 +190,7 @@ def _quantize_int8(result: OnnxExportResult, source, config, loaded, out: Path) 
         ui.warn("no held-out labelled images: drift is measured on the built-in photos (agreement only)")
         eval_set = load_eval_set(validation_photos(), None, loaded.preprocess, None, "Loading photos")
         fp32_logits = None
-    q = quantize_onnx(result.path, source, config, eval_set, fp32_logits)
+    q = quantize_onnx(result.path, source, config, eval_set, fp32_logits, reference=loaded.model)
     drift = q.info["drift"]
     if drift:
         ui.show(drift_table(drift))
@@ -214,7 +218,7 @@ def _quantize_int8(result: OnnxExportResult, source, config, loaded, out: Path) 
 
 def run_tflite(args: argparse.Namespace) -> int:
     from export.tflite_export import export_tflite, input_preprocess, require_tensorflow
-    from export.tflite_int8 import recipe
+    from quantize.recipes import recipe
 
     started = time.perf_counter()
     if args.io != "float32" and args.quantize != "int8":
@@ -223,7 +227,7 @@ def run_tflite(args: argparse.Namespace) -> int:
         raise ToolkitError("--calib and --calib-size only apply with --quantize int8")
     if args.quantize != "int8" and args.int8_recipe != "toolkit":
         raise ToolkitError("--int8-recipe only applies with --quantize int8")
-    int8 = recipe(args.int8_recipe)
+    int8 = recipe("tflite", args.int8_recipe)
     _check_paths(args)
     require_tensorflow()
     loaded = _load(args)

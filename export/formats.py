@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from export import paths
+from quantize.recipes import CLI_RECIPES
 
 
 def positive_int(text: str) -> int:
@@ -118,14 +119,15 @@ OPTIONS: dict[str, Option] = {
     "int8_recipe": Option(
         ("--int8-recipe",),
         {
-            "choices": ("toolkit", "plain"),
+            "choices": CLI_RECIPES,
             "default": "toolkit",
-            "help": "toolkit: float stem, bias correction, MEAN pool (see README); plain: the TFLite converter alone",
+            "help": "toolkit (default; TFLite: float stem, bias correction, MEAN pool); plain: the converter/ORT "
+            "alone; learned: + GPTQ weight rounding and float stem, slower (see README)",
         },
     ),
 }
 
-QUANTIZE_OPTIONS = ("calib", "calib_size", "calibration", "target", "exclude")
+QUANTIZE_OPTIONS = ("calib", "calib_size", "calibration", "target", "exclude", "int8_recipe")
 
 
 @dataclass(frozen=True)

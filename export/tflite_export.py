@@ -83,7 +83,10 @@ def _concrete_function(
     tf = require_tensorflow()
     from export.tflite_graph import TFGoogLeNet, with_preprocessing
 
-    net = TFGoogLeNet(loaded.model, global_mean=config is None or config.global_mean)
+    model = loaded.model
+    if calibration is not None and config is not None and config.rounding != "nearest":
+        model = _rounded_model(loaded, io, calibration, config)
+    net = TFGoogLeNet(model, global_mean=config is None or config.global_mean)
     body = with_preprocessing(net, loaded.preprocess) if io == "uint8" else net
     if calibration is not None and config is not None and config.bias_correction:
         recorded = net.record_layer_inputs(body, (calibration[i : i + 10] for i in range(0, len(calibration), 10)))
@@ -94,6 +97,26 @@ def _concrete_function(
         body, input_signature=[tf.TensorSpec([1, crop, crop, 3], tf.float32, name="input")], autograph=False
     )
     return module.serve.get_concrete_function(), module
+
+
+def _rounded_model(loaded: LoadedModel, io: str, calibration: np.ndarray, config: TfliteInt8Config):
+    """The PyTorch model with its int8 layers' weights rounded onto TFLite's grid by `config.rounding`,
+    fitted on the calibration images (brought back to the model's NCHW, normalised convention)."""
+    from quantize.rounding import RoundingSettings, rounded_copy
+
+    if loaded.arch != "reference":  # batch norm is folded into the kernels later, which moves them off the grid
+        raise ToolkitError(f"--int8-recipe with learned rounding needs the reference network, not {loaded.arch}")
+    images = calibration.astype(np.float32)
+    if io == "uint8":  # raw RGB pixels: normalise as `with_preprocessing` does inside the model
+        p = loaded.preprocess
+        order = [2, 1, 0] if p.color == "BGR" else [0, 1, 2]
+        images = (images[..., order] * np.float32(p.scale) - np.asarray(p.mean, np.float32)) / np.asarray(
+            p.std, np.float32
+        )
+    nchw = np.ascontiguousarray(images.transpose(0, 3, 1, 2))
+    skip = ("conv1.conv",) if config.float_stem else ()
+    model, _ = rounded_copy(loaded.model, nchw, RoundingSettings(method=config.rounding), skip)
+    return model
 
 
 @contextlib.contextmanager

@@ -39,6 +39,12 @@ class TfliteInt8Config:
     float_stem: bool = True
     bias_correction: bool = True
     global_mean: bool = True
+    # "nearest" (the converter's own) or a `quantize.rounding` method: the weights are rounded onto TFLite's
+    # int8 grid beforehand, so the converter's round-to-nearest reproduces that rounding exactly
+    rounding: str = "nearest"
+    # the classifier as a hybrid FULLY_CONNECTED: int8 per-channel weights (same bytes), float input and float
+    # logits; the int8 logits' step (~0.17) is half of the int8 model's logit error energy
+    float_logits: bool = False
 
     @classmethod
     def plain(cls) -> TfliteInt8Config:
@@ -46,10 +52,37 @@ class TfliteInt8Config:
         return cls(float_stem=False, bias_correction=False, global_mean=False)
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """The recipe as the sidecar records it: the switches, then the passes and what stays float."""
+        data = asdict(self)
+        data["passes"] = [
+            name
+            for name, on in (
+                ("float-stem", self.float_stem),
+                ("bias-correction", self.bias_correction),  # after learned rounding: ~0, the kernels are on grid
+                ("mean-pool", self.global_mean),
+                (f"rounding:{self.rounding}", self.rounding != "nearest"),
+                ("hybrid-classifier", self.float_logits),
+            )
+            if on
+        ]
+        data["kept_float"] = [
+            *(["pad", "conv1 (float16 weights)", "pool1"] if self.float_stem else []),
+            "norm1 (LRN)",
+            "norm2 (LRN)",
+            *(["avgpool (MEAN)", "fc output (hybrid: int8 weights, float logits)"] if self.float_logits else []),
+        ]
+        data["weight_rounding"] = self.rounding if self.rounding != "nearest" else "nearest (the converter's)"
+        return data
 
 
-RECIPES = {"toolkit": TfliteInt8Config(), "plain": TfliteInt8Config.plain()}
+RECIPES = {
+    "toolkit": TfliteInt8Config(),
+    "plain": TfliteInt8Config.plain(),
+    # opt-in: + GPTQ weight rounding (quantize.rounding) and the hybrid classifier (float logits)
+    "learned": TfliteInt8Config(rounding="gptq", float_logits=True),
+    "gptq": TfliteInt8Config(rounding="gptq"),  # single steps, measured on their own
+    "float-logits": TfliteInt8Config(float_logits=True),
+}
 
 
 def recipe(name: str) -> TfliteInt8Config:
@@ -99,6 +132,73 @@ def stem_tensor_names(flatbuffer: bytes) -> list[str]:
     raise ToolkitError("no max pool in the calibrated model: cannot find the stem to keep in float")
 
 
+def _ops(flatbuffer: bytes):
+    from ai_edge_litert.tools import flatbuffer_utils
+
+    yield from _ops_of(flatbuffer_utils.convert_bytearray_to_object(bytearray(flatbuffer)))
+
+
+def classifier_tensor_names(flatbuffer: bytes) -> list[str]:
+    """Output tensor names of the last FULLY_CONNECTED and the MEAN feeding it (the pooled features)."""
+    ops = list(_ops(flatbuffer))
+    graph = ops[0][0].subgraphs[0]
+    fc = [op for _, op, name in ops if name == "FULLY_CONNECTED"]
+    if not fc:
+        raise ToolkitError("no FULLY_CONNECTED in the calibrated model: cannot keep the logits float")
+    names = [graph.tensors[t].name.decode() for t in fc[-1].outputs]
+    producers = {t: op for _, op, name in ops if name == "MEAN" for t in op.outputs}
+    for t in fc[-1].inputs:
+        if t in producers:
+            names += [graph.tensors[o].name.decode() for o in producers[t].outputs]
+    return names
+
+
+def hybrid_classifier(flatbuffer: bytes) -> bytes:
+    """Turn float FULLY_CONNECTED ops with constant float32 weights into hybrid ones: the same int8
+    per-channel symmetric weights a full-int8 model stores (scale max|w|/127), float input (quantized on the
+    fly per image, asymmetric), float output."""
+    from ai_edge_litert import schema_py_generated as schema
+    from ai_edge_litert.tools import flatbuffer_utils
+
+    model = flatbuffer_utils.convert_bytearray_to_object(bytearray(flatbuffer))
+    graph = model.subgraphs[0]
+    done = 0
+    for _, op, name in _ops_of(model):
+        if name != "FULLY_CONNECTED":
+            continue
+        weight = graph.tensors[op.inputs[1]]
+        data = model.buffers[weight.buffer].data
+        if weight.type != schema.TensorType.FLOAT32 or data is None:
+            continue
+        values = np.frombuffer(bytes(data), np.float32).reshape(weight.shape).astype(np.float64)
+        scale = np.abs(values).max(axis=1) / INT8_WEIGHT_MAX
+        scale = np.where(scale == 0, 1.0, scale).astype(np.float32)
+        ints = np.clip(np.round(values / scale[:, None].astype(np.float64)), -127, 127).astype(np.int8)
+        model.buffers[weight.buffer].data = np.frombuffer(ints.tobytes(), np.uint8)
+        weight.type = schema.TensorType.INT8
+        weight.quantization = schema.QuantizationParametersT()
+        weight.quantization.scale = [float(v) for v in scale]
+        weight.quantization.zeroPoint = [0] * len(scale)
+        weight.quantization.quantizedDimension = 0
+        op.builtinOptions.asymmetricQuantizeInputs = True
+        code = model.operatorCodes[op.opcodeIndex]
+        code.version = max(code.version, 7)  # hybrid with asymmetric input quantization
+        done += 1
+    if not done:
+        raise ToolkitError("found no float classifier to turn into a hybrid int8 one")
+    return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
+
+
+def _ops_of(model):
+    from ai_edge_litert import schema_py_generated as schema
+    from ai_edge_litert.tools import flatbuffer_utils
+
+    names = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
+    for op in model.subgraphs[0].operators:
+        code = flatbuffer_utils.get_builtin_code_from_operator_code(model.operatorCodes[op.opcodeIndex])
+        yield model, op, names.get(code)
+
+
 def quantize(converter, calibration: np.ndarray, io: str, config: TfliteInt8Config) -> bytes:
     """Calibrate `converter` on `calibration` (NHWC, the input's own convention), then quantize to int8.
 
@@ -117,14 +217,19 @@ def quantize(converter, calibration: np.ndarray, io: str, config: TfliteInt8Conf
     with warnings.catch_warnings():  # "Statistics for quantized inputs were expected ...; continuing anyway."
         warnings.filterwarnings("ignore", message="Statistics for quantized inputs", category=UserWarning)
         calibrated = converter.convert()
+    denylist = stem_tensor_names(calibrated) if config.float_stem else []
+    if config.float_logits:
+        denylist += classifier_tensor_names(calibrated)
     quantized = tflite_convert.mlir_quantize(
         calibrated,
         input_data_type=io_type,
         output_data_type=tf.float32 if io == "float32" else tf.int8,
-        denylisted_nodes=stem_tensor_names(calibrated) if config.float_stem else None,
+        denylisted_nodes=denylist or None,
     )
     if config.float_stem:
         quantized = stem_weights_to_fp16(quantized)
+    if config.float_logits:
+        quantized = hybrid_classifier(quantized)
     return tflite_convert.deduplicate_readonly_buffers(quantized)  # as convert() does after quantizing
 
 

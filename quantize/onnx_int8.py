@@ -134,9 +134,30 @@ def calibrate(pre: Path, source: CalibrationSource, config: QuantizationConfig, 
         )
         calibrator.collect_data(_ProgressReader(source, input_name, count))
         ranges = calibrator.compute_data()
+    if config.shared_concat_ranges:
+        share_concat_ranges(onnx.load(str(pre), load_external_data=False), ranges)
     cache = workdir / "calibration.json"
     save_tensors_data(ranges, cache)
     return cache
+
+
+def share_concat_ranges(model: onnx.ModelProto, ranges) -> None:
+    """Each Concat's inputs and output get the union of their calibrated ranges (see `shared_concat_ranges`)."""
+    from onnxruntime.quantization.calibrate import TensorData
+
+    for node in model.graph.node:
+        if node.op_type != "Concat":
+            continue
+        names = [n for n in (*node.input, *node.output) if n in ranges]
+        if len(names) < 2:
+            continue
+        low = min(float(np.min(ranges[n].range_value[0])) for n in names)
+        high = max(float(np.max(ranges[n].range_value[1])) for n in names)
+        for name in names:
+            old_low, old_high = (np.asarray(v) for v in ranges[name].range_value)
+            ranges[name] = TensorData(
+                lowest=np.full(old_low.shape, low, old_low.dtype), highest=np.full(old_high.shape, high, old_high.dtype)
+            )
 
 
 def _quantize_static(pre: Path, out: Path, cache: Path, config: QuantizationConfig) -> None:
@@ -156,8 +177,37 @@ def _quantize_static(pre: Path, out: Path, cache: Path, config: QuantizationConf
             nodes_to_exclude=list(config.exclude) or None,
             calibrate_method=method,
             calibration_cache_path=str(cache),
-            extra_options={"WeightSymmetric": True, "ActivationSymmetric": config.activation_symmetric},
+            extra_options={
+                "WeightSymmetric": True,
+                "ActivationSymmetric": config.activation_symmetric,
+                "OpTypesToExcludeOutputQuantization": list(config.float_outputs),
+            },
         )
+
+
+def apply_rounding(pre: Path, reference, images: np.ndarray, config: QuantizationConfig) -> dict:
+    """Write weights rounded by `config.rounding` (fitted on `images`, NCHW, with the reference PyTorch
+    model) into the graph at `pre`, so ONNX Runtime's round-to-nearest reproduces them exactly."""
+    from onnx import numpy_helper
+
+    from quantize.rounding import RoundingSettings, rounded_copy, rounded_initializers
+
+    if reference is None:
+        raise ToolkitError(f"rounding {config.rounding!r} needs the PyTorch reference model")
+    skip = tuple(name for name in config.exclude if name.endswith("conv") or name == "fc")
+    rounded, record = rounded_copy(reference, images, RoundingSettings(method=config.rounding), skip)
+    weights = rounded_initializers(rounded, skip)
+    model = onnx.load(str(pre))
+    written = 0
+    for index, tensor in enumerate(model.graph.initializer):
+        if tensor.name in weights:
+            new = weights[tensor.name].reshape(numpy_helper.to_array(tensor).shape)
+            model.graph.initializer[index].CopyFrom(numpy_helper.from_array(new, tensor.name))
+            written += 1
+    if written != len(weights):
+        raise ToolkitError(f"rounded {len(weights)} layers but found {written} of their weights in the graph", pre)
+    onnx.save(model, str(pre))
+    return record
 
 
 def drift_report(
@@ -190,6 +240,7 @@ def quantize_onnx(
     eval_set: EvalSet | None = None,
     fp32_logits: np.ndarray | None = None,
     out_path: Path | None = None,
+    reference=None,
 ) -> Int8Result:
     """Quantize, stamp metadata, measure drift; `googlenet.int8.onnx` appears only when all succeeded."""
     fp32_path = Path(fp32_path)
@@ -213,6 +264,10 @@ def quantize_onnx(
         _check_excludes(pre_model, config.exclude, fp32_path)
         _check_calibration_shape(pre_model, source)
         staged = stage / final.name
+        rounding = None
+        if config.rounding != "nearest":
+            step(f"rounding the weights ({config.rounding}) on {count} calibration images")
+            rounding = apply_rounding(pre, reference, np.concatenate(list(source.batches())), config)
         cache = calibrate(pre, source, config, count, stage)
         _quantize_static(pre, staged, cache, config)
         timings["quantize_s"] = time.perf_counter() - started
@@ -230,7 +285,7 @@ def quantize_onnx(
                 "precision": "int8",
                 "fp32_model": fp32_path.name,
                 "fp32_sha256": file_sha256(fp32_path),
-                "quantization": config.to_dict(),
+                "quantization": {**config.to_dict(), **({"rounding": rounding} if rounding else {})},
                 "calibration": calibration,
                 "drift": drift,
                 "host": host_facts(),

@@ -28,6 +28,15 @@ class QuantizationConfig:
     percentile: float = 99.999
     exclude: tuple[str, ...] = ()
     why: str = ""
+    # "nearest" (ONNX Runtime's own) or a `quantize.rounding` method: weights pre-rounded onto ORT's grid
+    rounding: str = "nearest"
+    # op types whose output stays float (ORT's OpTypesToExcludeOutputQuantization): ["Gemm"] keeps the logits
+    # out of an int8 grid whose step (~0.2 logit) flips near-ties
+    float_outputs: tuple[str, ...] = ()
+    # give every input of a Concat the Concat output's range: the branch outputs are then rounded once, on the
+    # grid the concatenation keeps, instead of twice (their own grid, then the coarser concatenated one)
+    shared_concat_ranges: bool = False
+    recipe: str = "toolkit"  # the name in RECIPES these settings came from (recorded in the sidecar)
 
     @classmethod
     def arm64(cls, **overrides) -> QuantizationConfig:
@@ -56,11 +65,44 @@ class QuantizationConfig:
     def to_dict(self) -> dict:
         data = asdict(self)
         data["exclude"] = list(self.exclude)
+        data["float_outputs"] = list(self.float_outputs)
         data["weight_type"] = "int8"
         data["weight_symmetric"] = True
         data["bias_type"] = "int32"
         data["format"] = "QDQ"
         return data
+
+
+# The float stem of the TFLite recipe: conv1's 0-4300 output range quantized in 17-unit steps right before LRN.
+FLOAT_STEM = ("conv1.conv", "conv1.relu", "pool1")
+# Named recipes (`--int8-recipe`), on top of any target preset; the same names as the TFLite recipes.
+RECIPES: dict[str, dict] = {
+    "toolkit": {},  # the default
+    "plain": {},  # ONNX Runtime's static quantization alone
+    # opt-in: GPTQ weight rounding, float stem, float average pool (int8 AveragePool keeps inception 5b's
+    # coarse scale; float, the pooled features get their own), float logits (the Gemm's output)
+    "learned": {
+        "rounding": "gptq",
+        "exclude": (*FLOAT_STEM, "avgpool"),
+        "float_outputs": ("Gemm",),
+    },
+    # single steps, measured on their own (docs/int8-fidelity.md)
+    "float-stem": {"exclude": FLOAT_STEM},
+    "float-pool": {"exclude": ("avgpool",)},
+    "float-logits": {"float_outputs": ("Gemm",)},
+    "stem+logits": {"exclude": FLOAT_STEM, "float_outputs": ("Gemm",)},
+    "concat": {"shared_concat_ranges": True},
+}
+
+
+def recipe_overrides(name: str, exclude: tuple[str, ...] = ()) -> dict:
+    """`preset()` overrides for recipe `name`, with the user's `--exclude` nodes added to the recipe's."""
+    try:
+        chosen = RECIPES[name]
+    except KeyError:
+        raise ToolkitError(f"unknown --int8-recipe {name!r} (choose from {', '.join(RECIPES)})") from None
+    merged = tuple(dict.fromkeys((*chosen.get("exclude", ()), *exclude)))
+    return {**chosen, "exclude": merged, "recipe": name}
 
 
 PRESETS = {

@@ -93,7 +93,10 @@ def test_int8_drift_and_size(tflite_run) -> None:
     assert litert["fidelity"]["top1_agreement"] >= 0.98  # plain TFLite int8 gives 97.5% here (see README)
     assert info["size_ratio"] <= 0.26
     assert info["calibration"]["images"] == 100
-    assert info["quantization"] == {"float_stem": True, "bias_correction": True, "global_mean": True}
+    recipe = info["quantization"]
+    assert (recipe["float_stem"], recipe["bias_correction"], recipe["global_mean"]) == (True, True, True)
+    assert recipe["passes"] == ["float-stem", "bias-correction", "mean-pool"] and recipe["rounding"] == "nearest"
+    assert "conv1 (float16 weights)" in recipe["kept_float"]
 
 
 def test_metadata_travels_inside_the_tflite_files(tflite_run) -> None:

@@ -108,3 +108,45 @@ def test_a_graph_without_a_max_pool_has_no_stem_to_keep(tmp_path: Path) -> None:
     path = tmp_path / "plain.tflite"
     path.write_bytes(quantize(_converter(with_pool=False), CALIBRATION, "float32", TfliteInt8Config(float_stem=False)))
     assert tflite_op_histogram(path)["CONV_2D[INT8]"] == 2
+
+
+DENSE = RNG.normal(0, 0.3, (16, 10)).astype(np.float32)
+
+
+def _classifier_converter():
+    @tf.function(input_signature=[tf.TensorSpec([1, 16, 16, 3], tf.float32)], autograph=False)
+    def net(x):
+        y = tf.nn.relu(tf.nn.conv2d(x, KERNEL_1, 1, "SAME"))
+        y = tf.nn.relu(tf.nn.conv2d(y, KERNEL_2, 1, "SAME"))
+        return tf.matmul(tf.reduce_mean(y, axis=[1, 2]), DENSE)
+
+    return tf.lite.TFLiteConverter.from_concrete_functions([net.get_concrete_function()], net)
+
+
+def test_hybrid_classifier_keeps_int8_weights_and_float_logits(tmp_path: Path) -> None:
+    """float_logits: the FC holds the same int8 per-channel weights a full-int8 model would (max|w|/127),
+    takes float features and gives float logits, and follows the float graph more closely."""
+    from ai_edge_litert.tools import flatbuffer_utils
+
+    hybrid, full = tmp_path / "hybrid.tflite", tmp_path / "full.tflite"
+    plain = TfliteInt8Config(float_stem=False, bias_correction=False)
+    hybrid.write_bytes(quantize(_classifier_converter(), CALIBRATION, "float32", TfliteInt8Config(
+        float_stem=False, bias_correction=False, float_logits=True)))  # fmt: skip
+    full.write_bytes(quantize(_classifier_converter(), CALIBRATION, "float32", plain))
+    ops = tflite_op_histogram(hybrid)
+    assert ops["CONV_2D[INT8]"] == 2 and ops["MEAN[FLOAT32]"] == 1
+    assert "FULLY_CONNECTED[INT8]" not in ops and tflite_op_histogram(full)["FULLY_CONNECTED[INT8]"] == 1
+    model = flatbuffer_utils.read_model(str(hybrid))
+    graph = model.subgraphs[0]
+    (weights,) = [t for t in graph.tensors if tuple(t.shape) == (10, 16)]
+    assert weights.type == 9  # int8
+    ints = np.frombuffer(bytes(model.buffers[weights.buffer].data), np.int8).reshape(10, 16)
+    scale = np.abs(DENSE.T.astype(np.float64)).max(axis=1) / 127
+    np.testing.assert_allclose(weights.quantization.scale, scale, rtol=1e-6)
+    np.testing.assert_array_equal(ints, np.round(DENSE.T / scale[:, None]).astype(np.int8))
+    fp32 = tmp_path / "fp32.tflite"
+    fp32.write_bytes(_classifier_converter().convert())
+    x = RNG.normal(0, 1, (16, 16, 16, 3)).astype(np.float32)
+    expected = TfliteRunner(fp32)(x)
+    errors = {p.name: np.sqrt(np.mean((TfliteRunner(p)(x) - expected) ** 2)) for p in (hybrid, full)}
+    assert errors["hybrid.tflite"] < errors["full.tflite"] < 0.1 * np.abs(expected).mean()

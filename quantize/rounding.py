@@ -1,0 +1,288 @@
+"""Weight rounding onto the int8 grid that ONNX Runtime and TFLite both compute, better than round-to-nearest.
+
+Both backends quantize a weight tensor per output channel, symmetric: scale = max|w| / 127, q = round(w / scale).
+A weight that already lies on that grid (w = q * scale, with the channel's largest element left untouched so
+the scale they recompute is the same) comes out of their round-to-nearest as exactly q. So the rounding can be
+chosen once, here, on the PyTorch reference and the calibration images, and both exporters inherit it by
+exporting the pre-rounded float weights.
+
+Two ways of choosing it, both layer by layer with the layer's *float* inputs (the cheap variant):
+- `adaround`: learned rounding (Nagel et al. 2020, "Up or Down? Adaptive Rounding for Post-Training
+  Quantization"): a rectified-sigmoid h(V) in [0, 1] per weight, Adam on the layer's output error plus a
+  regularizer annealed from beta 20 to 2 that pushes every h to 0 or 1.
+- `gptq`: sequential rounding with error feedback (Frantar et al. 2023, the OBQ/GPTQ solver): each input
+  column is rounded in turn and the error it leaves is spread over the columns not yet rounded, through the
+  inverse of the inputs' second moment.
+
+Both only need the layer's input second moment H = sum over all output positions of x x^T (x the input patch),
+so the calibration images run through the network once, and no output position is left out: the output error
+of a weight error E (out x in) is exactly trace(E H E^T) / N.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+INT8_MAX = 127  # symmetric int8 weights, as ONNX Runtime (WeightSymmetric) and TFLite store them
+ROUNDING_METHODS = ("nearest", "adaround", "gptq")
+
+
+@dataclass(frozen=True)
+class RoundingSettings:
+    """How `learned_rounding` rounds; the defaults are the measured 2-core budget (benchmarks/rounding_study.py)."""
+
+    method: str = "gptq"
+    iterations: int = 300  # AdaRound: Adam steps per layer
+    learning_rate: float = 1e-2  # AdaRound
+    reg_weight: float = 0.01  # AdaRound lambda, on the output error normalised by round-to-nearest's
+    # GPTQ: fraction of mean(diag H) added to H's diagonal; None = 0.01 + inputs/positions (capped at 1), since
+    # layers seen at few positions (inception 5, the classifier) overfit their fit images with a small one
+    damping: float | None = None
+    act_order: bool = True  # GPTQ: round the columns with the largest input energy first
+    seed: int = 0
+
+    def to_dict(self) -> dict:
+        common = {"method": self.method, "grid": "per-channel symmetric int8, scale = max|w|/127"}
+        if self.method == "adaround":
+            return {**common, "iterations": self.iterations, "learning_rate": self.learning_rate,
+                    "reg_weight": self.reg_weight, "beta": [20, 2], "seed": self.seed}  # fmt: skip
+        if self.method == "gptq":
+            return {**common, "damping": "auto" if self.damping is None else self.damping, "act_order": self.act_order}
+        return common
+
+
+def grid_scale(weight: torch.Tensor) -> torch.Tensor:
+    """Per output channel (row of the [out, in] matrix) scale = max|w| / 127, as both backends compute it."""
+    scale = weight.abs().amax(dim=1, keepdim=True) / INT8_MAX
+    return torch.where(scale == 0, torch.ones_like(scale), scale)
+
+
+def pinned(weight: torch.Tensor) -> torch.Tensor:
+    """Mask of each row's largest-magnitude element: it must stay at +-127 so the recomputed scale is the same."""
+    mask = torch.zeros_like(weight, dtype=torch.bool)
+    mask[torch.arange(weight.shape[0]), weight.abs().argmax(dim=1)] = True
+    return mask
+
+
+def to_float(weight: torch.Tensor, ints: torch.Tensor) -> torch.Tensor:
+    """The float weights that the backends' round-to-nearest turns into exactly `ints`: q * scale, float32,
+    with every +-127 element set to the row's original max|w| (so max|w|, hence the scale, is unchanged)."""
+    weight = weight.float()
+    scale = grid_scale(weight)
+    out = ints.float() * scale
+    top = weight.abs().amax(dim=1, keepdim=True).expand_as(out)
+    return torch.where(ints.abs() == INT8_MAX, torch.sign(ints.float()) * top, out)
+
+
+def nearest_ints(weight: torch.Tensor) -> torch.Tensor:
+    return torch.clamp(torch.round(weight / grid_scale(weight)), -INT8_MAX, INT8_MAX)
+
+
+def output_error(weight: torch.Tensor, ints: torch.Tensor, hessian: torch.Tensor, count: int) -> float:
+    """Mean over output positions of the summed squared output error: trace(E H E^T) / N (E = w~ - w)."""
+    error = (to_float(weight, ints) - weight).double()
+    return float(((error @ hessian.double()) * error).sum() / max(count, 1))
+
+
+def _pin_values(weight: torch.Tensor) -> torch.Tensor:
+    return torch.sign(weight) * INT8_MAX
+
+
+def auto_damping(columns: int, count: int) -> float:
+    """Measured on held-out calibration images (layers of 3a-5b and the classifier): the damping that
+    generalises best grows with the ratio of inputs to fitted positions."""
+    return min(1.0, 0.01 + columns / max(count, 1))
+
+
+def gptq(weight: torch.Tensor, hessian: torch.Tensor, damping: float = 0.01, act_order: bool = True) -> torch.Tensor:
+    """Integer weights [out, in] by sequential rounding with error feedback (GPTQ), on a fixed grid."""
+    w = (weight.double() / grid_scale(weight).double()).clone()  # in grid units
+    pin = pinned(weight)
+    pin_value = _pin_values(weight).double()
+    h = hessian.double().clone()
+    dead = torch.diagonal(h) == 0
+    h[dead, dead] = 1.0
+    order = torch.argsort(torch.diagonal(h), descending=True) if act_order else torch.arange(h.shape[0])
+    w, pin, pin_value, h = w[:, order], pin[:, order], pin_value[:, order], h[order][:, order]
+    h += damping * torch.diagonal(h).mean() * torch.eye(h.shape[0], dtype=h.dtype)
+    hinv = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(h)), upper=True)
+    ints = torch.zeros_like(w)
+    block = 128
+    for start in range(0, w.shape[1], block):
+        end = min(start + block, w.shape[1])
+        chunk = w[:, start:end].clone()
+        errors = torch.zeros_like(chunk)
+        for j in range(end - start):
+            col = chunk[:, j]
+            q = torch.clamp(torch.round(col), -INT8_MAX, INT8_MAX)
+            q = torch.where(pin[:, start + j], pin_value[:, start + j], q)
+            ints[:, start + j] = q
+            err = (col - q) / hinv[start + j, start + j]
+            chunk[:, j:] -= err[:, None] * hinv[start + j, start + j : end][None, :]
+            errors[:, j] = err
+        w[:, end:] -= errors @ hinv[start:end, end:]
+    return ints[:, torch.argsort(order)].float()
+
+
+def _rectified_sigmoid(v: torch.Tensor) -> torch.Tensor:
+    return torch.clamp(torch.sigmoid(v) * 1.2 - 0.1, 0, 1)  # zeta 1.1, gamma -0.1 (the paper's)
+
+
+def adaround(
+    weight: torch.Tensor, hessian: torch.Tensor, count: int, settings: RoundingSettings = RoundingSettings()
+) -> torch.Tensor:
+    """Integer weights [out, in] learned with AdaRound on the layer's (pre-activation) output error."""
+    scale = grid_scale(weight)
+    x = weight / scale
+    floor = torch.floor(x)
+    rest = (x - floor).clamp(0.01, 0.99)
+    v = (-torch.log(1.2 / (rest + 0.1) - 1)).requires_grad_(True)  # h(V) = rest at the start
+    pin = pinned(weight)
+    pin_ints = _pin_values(weight)
+    m = hessian.float() / max(count, 1)
+    reference = max(output_error(weight, nearest_ints(weight), hessian, count), 1e-30)
+    optimizer = torch.optim.Adam([v], lr=settings.learning_rate)
+    warmup = int(0.2 * settings.iterations)
+    for step in range(settings.iterations):
+        h = _rectified_sigmoid(v)
+        q = torch.where(pin, pin_ints, torch.clamp(floor + h, -INT8_MAX, INT8_MAX))
+        error = (q - x) * scale
+        loss = ((error @ m) * error).sum() / reference
+        if step >= warmup:
+            progress = (step - warmup) / max(settings.iterations - warmup, 1)
+            beta = 2 + (20 - 2) * 0.5 * (1 + math.cos(math.pi * progress))  # 20 -> 2
+            loss = loss + settings.reg_weight * (1 - (2 * h - 1).abs().pow(beta)).sum() / h.numel() * 100
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    with torch.no_grad():
+        ints = torch.clamp(floor + (_rectified_sigmoid(v) >= 0.5).float(), -INT8_MAX, INT8_MAX)
+        return torch.where(pin, pin_ints, ints)
+
+
+def quantized_layers(model: nn.Module, skip: Iterable[str] = ()) -> dict[str, nn.Module]:
+    """Conv and linear layers by module path, minus `skip` (e.g. the float stem's conv1)."""
+    skipped = set(skip)
+    return {
+        name: module
+        for name, module in model.named_modules()
+        if isinstance(module, nn.Conv2d | nn.Linear) and name not in skipped
+    }
+
+
+def _patches(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Rows = output positions, columns = the layer's input patch in the order of weight.reshape(out, -1)."""
+    if isinstance(module, nn.Linear):
+        return x.reshape(-1, x.shape[-1])
+    cols = F.unfold(x, module.kernel_size, dilation=module.dilation, padding=module.padding, stride=module.stride)
+    return cols.transpose(1, 2).reshape(-1, cols.shape[1])
+
+
+@torch.no_grad()
+def layer_hessians(
+    model: nn.Module, images: np.ndarray, layers: dict[str, nn.Module], batch_size: int = 10
+) -> dict[str, tuple[torch.Tensor, int]]:
+    """Per layer, sum of x x^T over every output position of every image (float64), and the position count."""
+    stats: dict[str, list] = {}
+
+    def hook(name: str):
+        def record(module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
+            rows = _patches(module, inputs[0].float())
+            gram = (rows.T @ rows).double()
+            if name in stats:
+                stats[name][0] += gram
+                stats[name][1] += rows.shape[0]
+            else:
+                stats[name] = [gram, rows.shape[0]]
+
+        return record
+
+    handles = [module.register_forward_pre_hook(hook(name)) for name, module in layers.items()]
+    try:
+        model.eval()
+        for start in range(0, len(images), batch_size):
+            model(torch.from_numpy(np.ascontiguousarray(images[start : start + batch_size])).float())
+    finally:
+        for handle in handles:
+            handle.remove()
+    return {name: (gram, count) for name, (gram, count) in stats.items()}
+
+
+def round_layer(weight: torch.Tensor, hessian: torch.Tensor, count: int, settings: RoundingSettings) -> torch.Tensor:
+    """Integer weights [out, in] of one layer by `settings.method`."""
+    if settings.method == "nearest":
+        return nearest_ints(weight)
+    if settings.method == "gptq":
+        damping = auto_damping(weight.shape[1], count) if settings.damping is None else settings.damping
+        return gptq(weight, hessian, damping, settings.act_order)
+    if settings.method == "adaround":
+        return adaround(weight, hessian, count, settings)
+    raise ValueError(f"unknown rounding method {settings.method!r} (choose from {', '.join(ROUNDING_METHODS)})")
+
+
+@torch.no_grad()
+def learned_rounding(
+    model: nn.Module, images: np.ndarray, settings: RoundingSettings, skip: Iterable[str] = ()
+) -> dict[str, dict]:
+    """Round every conv/linear weight of `model` (not `skip`) in place onto the int8 grid; per layer, the
+    output error (fitted images) of round-to-nearest and of the chosen rounding."""
+    torch.manual_seed(settings.seed)
+    layers = quantized_layers(model, skip)
+    stats = layer_hessians(model, images, layers)
+    report = {}
+    for name, module in layers.items():
+        weight = module.weight.detach().float().reshape(module.weight.shape[0], -1)
+        hessian, count = stats[name]
+        with torch.enable_grad():
+            ints = round_layer(weight, hessian, count, settings)
+        report[name] = {
+            "nearest_error": output_error(weight, nearest_ints(weight), hessian, count),
+            "error": output_error(weight, ints, hessian, count),
+        }
+        module.weight.copy_(to_float(weight, ints).reshape(module.weight.shape))
+    return report
+
+
+def rounded_copy(
+    model: nn.Module, images: np.ndarray, settings: RoundingSettings, skip: Iterable[str] = ()
+) -> tuple[nn.Module, dict]:
+    """A copy of `model` whose quantized layers hold on-grid weights, and the sidecar's record of how.
+
+    The last result is kept: the ONNX and TFLite exporters of one run fit the same rounding only once."""
+    import copy
+    import hashlib
+
+    key = (id(model), hashlib.sha256(np.ascontiguousarray(images, np.float32).tobytes()).hexdigest(), settings,
+           tuple(skip))  # fmt: skip
+    if _LAST.get("key") == key:
+        return _LAST["value"]
+    rounded = copy.deepcopy(model).eval()
+    layers = learned_rounding(rounded, images, settings, skip) if settings.method != "nearest" else {}
+    ratios = [v["error"] / v["nearest_error"] for v in layers.values() if v["nearest_error"] > 0]
+    record = {
+        **settings.to_dict(),
+        "fitted_images": len(images),
+        "layers": sorted(layers),
+        "kept_float": sorted(skip),
+        "output_error_vs_nearest": round(float(np.mean(ratios)), 4) if ratios else 1.0,
+    }
+    _LAST.update(key=key, value=(rounded, record), model=model)  # holding `model` keeps its id unique
+    return rounded, record
+
+
+_LAST: dict = {}
+
+
+def rounded_initializers(model: nn.Module, skip: Iterable[str] = ()) -> dict[str, np.ndarray]:
+    """`<module path>.weight` -> float32 array: the names the toolkit's ONNX export gives the weights."""
+    return {
+        f"{name}.weight": m.weight.detach().numpy().astype(np.float32)
+        for name, m in quantized_layers(model, skip).items()
+    }

@@ -1,0 +1,255 @@
+"""quantize.rounding: learned weight rounding lies on the backends' int8 grid, reproduced exactly by ONNX
+Runtime's and TFLite's own round-to-nearest, and lowers a layer's output error on inputs it was not fitted on."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from onnx import TensorProto, helper, numpy_helper
+
+from quantize.rounding import (
+    INT8_MAX,
+    RoundingSettings,
+    grid_scale,
+    layer_hessians,
+    nearest_ints,
+    output_error,
+    round_layer,
+    to_float,
+)
+
+RNG = np.random.default_rng(0)
+
+
+def _correlated_inputs(count: int, width: int, seed: int) -> torch.Tensor:
+    """ReLU'd inputs with correlated channels, like a layer's inputs in a CNN (rounding errors then interact)."""
+    rng = np.random.default_rng(seed)
+    mix = np.random.default_rng(99).normal(0, 1, (width, width)) / np.sqrt(width)
+    return torch.from_numpy(np.maximum(rng.normal(0.3, 1, (count, width)) @ mix, 0)).float()
+
+
+def _layer(out: int = 24, width: int = 48) -> torch.Tensor:
+    return torch.from_numpy(np.random.default_rng(1).normal(0, 0.1, (out, width))).float()
+
+
+def _gram(x: torch.Tensor) -> torch.Tensor:
+    return (x.T @ x).double()
+
+
+@pytest.mark.parametrize("method", ["gptq", "adaround"])
+def test_learned_rounding_is_on_grid_and_generalises(method: str) -> None:
+    weight = _layer()
+    fit, held_out = _correlated_inputs(2000, 48, seed=2), _correlated_inputs(2000, 48, seed=3)
+    settings = RoundingSettings(method=method, iterations=200, damping=0.01)
+    ints = round_layer(weight, _gram(fit), len(fit), settings)
+    assert torch.equal(ints, torch.round(ints)) and ints.abs().max() <= INT8_MAX
+    rounded = to_float(weight, ints)
+    # the backends recompute max|w|/127 from the float weights: same scale, and their rounding gives back ints
+    assert torch.equal(grid_scale(rounded), grid_scale(weight))
+    assert torch.equal(torch.round(rounded / grid_scale(rounded)), ints)
+    assert torch.equal(rounded.abs().amax(dim=1), weight.abs().amax(dim=1))
+    if method == "adaround":  # AdaRound only chooses up or down; GPTQ may move further to absorb errors
+        assert ((ints - weight / grid_scale(weight)).abs() < 1).all()
+    nearest = output_error(weight, nearest_ints(weight), _gram(held_out), len(held_out))
+    learned = output_error(weight, ints, _gram(held_out), len(held_out))
+    assert learned < 0.8 * nearest, (learned, nearest)
+
+
+def test_hessian_covers_every_output_position() -> None:
+    """H = sum of x x^T over the conv's im2col patches: its output error equals the error measured directly."""
+    conv = torch.nn.Conv2d(3, 8, 3, padding=1)
+    images = RNG.normal(0, 1, (4, 3, 9, 9)).astype(np.float32)
+    (gram, count) = layer_hessians(conv, images, {"c": conv})["c"]
+    assert count == 4 * 9 * 9
+    weight = conv.weight.detach().reshape(8, -1)
+    ints = nearest_ints(weight)
+    rounded = torch.nn.Conv2d(3, 8, 3, padding=1, bias=False)
+    plain = torch.nn.Conv2d(3, 8, 3, padding=1, bias=False)
+    with torch.no_grad():
+        rounded.weight.copy_(to_float(weight, ints).reshape(conv.weight.shape))
+        plain.weight.copy_(conv.weight)
+        x = torch.from_numpy(images)
+        direct = float(((rounded(x) - plain(x)) ** 2).sum() / count)
+    assert output_error(weight, ints, gram, count) == pytest.approx(direct, rel=1e-4)
+
+
+def _rounded_pair() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """A conv [8, 3, 3, 3] and a dense [10, 32] weight, GPTQ-rounded; their float and int forms."""
+    out = []
+    for shape in ((8, 3, 3, 3), (10, 32)):
+        weight = torch.from_numpy(RNG.normal(0, 0.2, shape)).float().reshape(shape[0], -1)
+        x = _correlated_inputs(500, weight.shape[1], seed=5)
+        ints = round_layer(weight, _gram(x), len(x), RoundingSettings(method="gptq"))
+        out += [to_float(weight, ints).reshape(shape).numpy(), ints.reshape(shape).numpy().astype(np.int8)]
+    return out[0], out[1], out[2], out[3]
+
+
+def test_onnx_runtime_reproduces_the_rounding(tmp_path: Path) -> None:
+    """ORT's quantize_static (per-channel symmetric int8, as the toolkit calls it) stores exactly the learned ints."""
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    conv_w, conv_q, fc_w, fc_q = _rounded_pair()
+    graph = helper.make_graph(
+        [
+            helper.make_node("Conv", ["x", "cw"], ["c"], name="conv", pads=[1, 1, 1, 1]),
+            helper.make_node("Relu", ["c"], ["r"], name="relu"),
+            helper.make_node("GlobalAveragePool", ["r"], ["g"], name="gap"),
+            helper.make_node("Flatten", ["g"], ["f"], name="flat"),
+            helper.make_node("Gemm", ["f4", "fw"], ["y"], name="fc", transB=1),
+            helper.make_node("Concat", ["f", "f", "f", "f"], ["f4"], name="cat", axis=1),
+        ],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 10])],
+        [numpy_helper.from_array(conv_w, "cw"), numpy_helper.from_array(fc_w, "fw")],
+    )
+    graph.node.insert(4, graph.node.pop(5))  # topological order: Concat before Gemm
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
+    onnx.checker.check_model(model)
+    fp32, int8 = tmp_path / "fp32.onnx", tmp_path / "int8.onnx"
+    onnx.save(model, str(fp32))
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.data = iter([{"x": RNG.normal(0, 1, (1, 3, 8, 8)).astype(np.float32)} for _ in range(4)])
+
+        def get_next(self):
+            return next(self.data, None)
+
+    quantize_static(
+        str(fp32), str(int8), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+        activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, extra_options={"WeightSymmetric": True},
+    )  # fmt: skip
+    stored = {t.name: numpy_helper.to_array(t) for t in onnx.load(str(int8)).graph.initializer}
+    ints = {k: v for k, v in stored.items() if v.dtype == np.int8 and v.ndim >= 2}
+    assert len(ints) == 2
+    by_shape = {v.shape: v for v in ints.values()}
+    np.testing.assert_array_equal(by_shape[conv_q.shape], conv_q)
+    np.testing.assert_array_equal(by_shape[fc_q.shape], fc_q)
+
+
+@pytest.mark.slow
+def test_tflite_converter_reproduces_the_rounding(tmp_path: Path) -> None:
+    """TFLite's int8 conversion stores exactly the learned ints for conv (OHWI) and fully-connected kernels."""
+    tf = pytest.importorskip("tensorflow", reason="the TFLite converter is the optional extra")
+    from ai_edge_litert.tools import flatbuffer_utils
+
+    conv_w, conv_q, fc_w, fc_q = _rounded_pair()
+    kernel = conv_w.transpose(2, 3, 1, 0)  # OIHW -> HWIO
+    dense = np.ascontiguousarray(fc_w.T)  # [in, out]
+
+    @tf.function(input_signature=[tf.TensorSpec([1, 8, 8, 3], tf.float32)], autograph=False)
+    def net(x):
+        y = tf.reduce_mean(tf.nn.relu(tf.nn.conv2d(x, kernel, 1, "SAME")), axis=[1, 2])
+        return tf.matmul(tf.concat([y, y, y, y], axis=1), dense)
+
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([net.get_concrete_function()], net)
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    converter.representative_dataset = lambda: ([RNG.normal(0, 1, (1, 8, 8, 3)).astype(np.float32)] for _ in range(8))
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    path = tmp_path / "int8.tflite"
+    path.write_bytes(converter.convert())
+    model = flatbuffer_utils.read_model(str(path))
+    ints = {}
+    for tensor in model.subgraphs[0].tensors:
+        data = model.buffers[tensor.buffer].data
+        if data is not None and tensor.type == 9 and len(tensor.shape) >= 2:  # int8 constants
+            ints[tuple(tensor.shape)] = np.frombuffer(bytes(data), np.int8).reshape(tensor.shape)
+    np.testing.assert_array_equal(ints[(8, 3, 3, 3)], conv_q.transpose(0, 2, 3, 1))  # OIHW -> OHWI
+    np.testing.assert_array_equal(ints[(10, 32)], fc_q)
+
+
+@pytest.mark.slow
+def test_real_model_onnx_int8_holds_the_learned_ints(bvlc_onnx_export, bvlc_loaded, imagenet_sample_dir: Path) -> None:
+    """The real network through `--int8-recipe learned`: every int8 weight ORT writes is the learned integer,
+    conv1 (float stem) stays float, and the sidecar records the rounding."""
+    from quantize import FolderSource, quantize_onnx
+    from quantize.presets import preset, recipe_overrides
+    from quantize.rounding import RoundingSettings, quantized_layers, rounded_copy
+
+    source = FolderSource(imagenet_sample_dir, bvlc_loaded.preprocess, size=12, seed=3)
+    config = preset("arm64", **recipe_overrides("learned"))
+    out = bvlc_onnx_export.path.parent / "learned" / "googlenet.int8.onnx"
+    out.parent.mkdir(exist_ok=True)
+    result = quantize_onnx(bvlc_onnx_export.path, source, config, out_path=out, reference=bvlc_loaded.model)
+    rounded, record = rounded_copy(  # the cached fit of the run above
+        bvlc_loaded.model, np.concatenate(list(source.batches())), RoundingSettings("gptq"), ("conv1.conv",)
+    )
+    stored = {t.name: numpy_helper.to_array(t) for t in onnx.load(str(out)).graph.initializer}
+    layers = quantized_layers(rounded, ("conv1.conv",))
+    assert len(layers) == 57 + 1 - 1  # 57 convs + fc, minus conv1
+    for name, module in layers.items():
+        weight = module.weight.detach().reshape(module.weight.shape[0], -1)
+        ints = torch.round(weight / grid_scale(weight)).reshape(module.weight.shape).numpy().astype(np.int8)
+        quantized = [
+            v for k, v in stored.items() if k.startswith(f"{name}.weight") and v.dtype == np.int8 and v.ndim > 1
+        ]
+        assert len(quantized) == 1, name
+        np.testing.assert_array_equal(quantized[0], ints, err_msg=name)
+    assert stored["conv1.conv.weight"].dtype == np.float32
+    sidecar = result.info["quantization"]
+    assert sidecar["rounding"]["method"] == "gptq" and sidecar["rounding"]["kept_float"] == ["conv1.conv"]
+    assert sidecar["rounding"] == record and "conv1.conv" in sidecar["exclude"]
+
+
+def _branchy_model(path: Path) -> None:
+    """x -> two conv+relu branches -> Concat -> AveragePool -> Flatten -> Gemm, like GoogLeNet's tail."""
+    rng = np.random.default_rng(7)
+    inits = [
+        numpy_helper.from_array(rng.normal(0, 0.5, (4, 3, 1, 1)).astype(np.float32), "w1"),
+        numpy_helper.from_array(rng.normal(0, 2.0, (4, 3, 1, 1)).astype(np.float32), "w2"),
+        numpy_helper.from_array(rng.normal(0, 0.5, (5, 8)).astype(np.float32), "fw"),
+    ]
+    nodes = [
+        helper.make_node("Conv", ["x", "w1"], ["c1"], name="b1.conv"),
+        helper.make_node("Relu", ["c1"], ["r1"], name="b1.relu"),
+        helper.make_node("Conv", ["x", "w2"], ["c2"], name="b2.conv"),
+        helper.make_node("Relu", ["c2"], ["r2"], name="b2.relu"),
+        helper.make_node("Concat", ["r1", "r2"], ["cat"], name="cat", axis=1),
+        helper.make_node("AveragePool", ["cat"], ["pool"], name="avgpool", kernel_shape=[4, 4]),
+        helper.make_node("Flatten", ["pool"], ["flat"], name="flat"),
+        helper.make_node("Gemm", ["flat", "fw"], ["y"], name="fc", transB=1),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 4, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 5])],
+        inits,
+    )
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8), str(path))
+
+
+def test_onnx_passes_concat_ranges_float_pool_float_logits(tmp_path: Path) -> None:
+    """shared_concat_ranges: both branches are quantized on the Concat's grid; excluding the pool gives the
+    pooled features their own (finer) grid; float_outputs=Gemm leaves the logits unquantized."""
+    from quantize import ArraySource, QuantizationConfig, quantize_onnx
+
+    fp32 = tmp_path / "fp32.onnx"
+    _branchy_model(fp32)
+    data = ArraySource(RNG.normal(0, 1, (8, 3, 4, 4)).astype(np.float32))
+
+    def scales(config: QuantizationConfig, name: str) -> dict[str, float]:
+        out = tmp_path / name
+        quantize_onnx(fp32, data, config, out_path=out)
+        model = onnx.load(str(out))
+        inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+        found = {n.input[0]: float(inits[n.input[1]]) for n in model.graph.node if n.op_type == "QuantizeLinear"}
+        # a quantized graph output is written as `y_QuantizeLinear_Input` (or similar) and dequantized into `y`
+        return {("y" if k.startswith("y_") else k): v for k, v in found.items()}
+
+    plain = scales(QuantizationConfig.arm64(), "plain.onnx")
+    tuned = scales(
+        QuantizationConfig.arm64(exclude=("avgpool",), float_outputs=("Gemm",), shared_concat_ranges=True),
+        "tuned.onnx",
+    )
+    assert plain["r1"] < plain["cat"]  # two grids: the small branch is rounded twice
+    assert tuned["r1"] == tuned["r2"] == tuned["cat"]
+    assert plain.get("pool", plain["cat"]) == plain["cat"]  # int8 AveragePool keeps the Concat's grid
+    features = tuned.get("pool", tuned.get("flat"))  # the Gemm's input, on its own calibrated grid
+    assert features is not None and features < tuned["cat"]
+    assert "y" in plain and "y" not in tuned
