@@ -5,29 +5,29 @@ source = FolderSource(Path("calib"), preprocess, size=200)
 quantize_onnx(Path("artifacts/googlenet.onnx"), source, QuantizationConfig.arm64())
 """
 
-from quantize.calibration import (
-    ArraySource,
-    BuiltinPhotosSource,
-    CalibrationSource,
-    FolderSource,
-    IterableSource,
-    OrtCalibrationReader,
-    calibration_source,
-)
-from quantize.onnx_int8 import Int8Result, quantize_onnx
-from quantize.presets import PRESETS, QuantizationConfig, preset
+from __future__ import annotations
 
-__all__ = [
-    "PRESETS",
-    "ArraySource",
-    "BuiltinPhotosSource",
-    "CalibrationSource",
-    "FolderSource",
-    "Int8Result",
-    "IterableSource",
-    "OrtCalibrationReader",
-    "QuantizationConfig",
-    "calibration_source",
-    "preset",
-    "quantize_onnx",
-]
+# Lazy (PEP 562), like `export`: the CLI's option table reads `quantize.recipes` without importing ONNX Runtime.
+_LAZY = {
+    "ArraySource": "quantize.calibration",
+    "BuiltinPhotosSource": "quantize.calibration",
+    "CalibrationSource": "quantize.calibration",
+    "FolderSource": "quantize.calibration",
+    "IterableSource": "quantize.calibration",
+    "OrtCalibrationReader": "quantize.calibration",
+    "calibration_source": "quantize.calibration",
+    "Int8Result": "quantize.onnx_int8",
+    "quantize_onnx": "quantize.onnx_int8",
+    "PRESETS": "quantize.presets",
+    "QuantizationConfig": "quantize.presets",
+    "preset": "quantize.presets",
+}
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str) -> object:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'quantize' has no attribute {name!r}")
