@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import errno
 import fcntl
-import hashlib
 import json
 import os
 import shlex
@@ -31,6 +30,7 @@ from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
+from benchmarks.device_runner import file_sha256
 from export import ui
 from export.errors import ToolkitError
 
@@ -130,7 +130,7 @@ class EmulationEnv:
             path = self.rootfs / name
             if not path.is_file():
                 return f"{name} is missing"
-            if _sha256(path) != digest:
+            if file_sha256(path) != digest:
                 return f"{name} changed since it was built"
         return None
 
@@ -215,7 +215,7 @@ class EmulationEnv:
             "runtimes": self.pins,
             "qemu": self.qemu_version(),
             "build_seconds": round(time.monotonic() - started, 1),
-            "sha256": {name: _sha256(rootfs / name) for name in hashed},
+            "sha256": {name: file_sha256(rootfs / name) for name in hashed},
         }
         (staging / "READY.json").write_text(json.dumps(ready, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
@@ -294,14 +294,6 @@ def _run(command: list[str], log: Path, what: str) -> None:
         lines = [ln for ln in log.read_text(encoding="utf-8", errors="replace").splitlines() if ln.strip()]
         last = lines[-1].strip() if lines else f"exit code {code}"
         raise ToolkitError(f"{what} failed: {last[:240]} (log: {log})")
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 class _locked:
