@@ -158,8 +158,10 @@ def test_gate_latency_ratio_is_judged_against_the_reference(run_bench_cli, bench
     slowed = copy.deepcopy(bench_report)
     slowed["artifacts"] = [a for a in slowed["artifacts"] if "black" not in a["name"]]
     reference = by_name(bench_report)["googlenet.onnx"]["latency_ms"]
-    for threads, stats in by_name(slowed)["googlenet.int8.onnx"]["latency_ms"].items():
-        stats["median"] = 10 * reference[threads]["median"]
+    for artifact in slowed["artifacts"]:  # measured times vary run to run: only the factor set here is judged
+        for threads, stats in artifact["latency_ms"].items():
+            factor = 10 if artifact["name"] == "googlenet.int8.onnx" else 1
+            stats["median"] = factor * reference[threads]["median"]
     path = tmp_path / "slow.json"
     path.write_text(json.dumps(slowed))
     done = run_bench_cli("gate", path, "--max-top1-drop", "50", "--min-agreement", "0", "--max-latency-ratio", "1.5")
