@@ -16,7 +16,6 @@ Judge by the mean and the worst draw, never by one draw.
 
 from __future__ import annotations
 
-import argparse
 import sys
 import tempfile
 import time
@@ -201,13 +200,10 @@ def render(report: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from benchmarks.tflite_int8_study import draw_study_parser
     from export.artifacts import write_json
 
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--weights", type=Path, required=True)
-    parser.add_argument("--calib", type=Path, required=True)
-    parser.add_argument("--calib-size", type=int, default=100)
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    parser = draw_study_parser(__doc__)
     parser.add_argument("--recipes", nargs="+", default=["toolkit", "learned"])
     parser.add_argument("--backends", nargs="+", default=["onnx", "tflite"], choices=["weights", "onnx", "tflite"])
     parser.add_argument(

@@ -12,7 +12,6 @@ one calibration set (the images the rounding is fitted on); the other photos of 
 
 from __future__ import annotations
 
-import argparse
 import copy
 import sys
 import time
@@ -104,13 +103,10 @@ CONFIGS = {
 
 
 def main(argv: list[str] | None = None) -> int:
+    from benchmarks.tflite_int8_study import draw_study_parser
     from export.artifacts import write_json
 
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--weights", type=Path, required=True)
-    parser.add_argument("--calib", type=Path, required=True)
-    parser.add_argument("--calib-size", type=int, default=100)
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    parser = draw_study_parser(__doc__)
     parser.add_argument("--configs", nargs="+", default=["nearest", "adaround", "gptq"], choices=list(CONFIGS))
     parser.add_argument("--out", type=Path, default=Path("artifacts/rounding-study.json"))
     args = parser.parse_args(argv)

@@ -124,14 +124,20 @@ def render(report: dict) -> None:
     show(table(title, ["calibration draw", *configs], rows))
 
 
-def main(argv: list[str] | None = None) -> int:
-    from export.artifacts import write_json
-
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def draw_study_parser(doc: str) -> argparse.ArgumentParser:
+    """The arguments every study over calibration draws takes: weights, photos, draw size, draw seeds."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
     parser.add_argument("--weights", type=Path, required=True)
     parser.add_argument("--calib", type=Path, required=True)
     parser.add_argument("--calib-size", type=int, default=100)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from export.artifacts import write_json
+
+    parser = draw_study_parser(__doc__)
     parser.add_argument("--configs", nargs="+", default=["plain", "toolkit"], choices=list(CONFIGS))
     parser.add_argument("--out", type=Path, default=Path("artifacts/tflite-int8-study.json"))
     args = parser.parse_args(argv)
