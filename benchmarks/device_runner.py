@@ -230,8 +230,9 @@ def host_facts() -> dict:
         "python": platform.python_version(),
         "runtimes": {name: _version(name) for name in ("onnxruntime", "ai-edge-litert", "tflite-runtime", "numpy")},
     }
-    if emulator():
-        facts["emulation"] = emulator()
+    emulation = emulator()
+    if emulation:
+        facts["emulation"] = emulation
     return facts
 
 
