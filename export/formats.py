@@ -99,9 +99,9 @@ OPTIONS: dict[str, Option] = {
     "target": Option(
         ("--target",),
         {
-            "choices": ("arm64", "x86-avx2", "x86-vnni"),
+            "choices": ("arm64", "x86-avx2", "x86-vnni", "host"),
             "default": "arm64",
-            "help": "int8 kernel target (default arm64)",
+            "help": "int8 kernel target (default arm64; host: this machine's, by its ISA)",
         },
     ),
     "exclude": Option(

@@ -31,6 +31,7 @@ from export.evaluation import (
 )
 from export.images import list_images
 from export.lrn import ONNX_TRANSLATIONS
+from export.onnx_lrn import lower_lrn
 from export.runtime import OnnxRunner, throughput_runner
 from export.sample_images import validation_photos
 from export.ui import step, warn
@@ -220,6 +221,7 @@ def export_onnx(loaded: LoadedModel, options: OnnxExportOptions) -> OnnxExportRe
         if options.simplify:
             step("simplifying")
             proto, simplifier = simplify(proto)
+        lowered_lrn = lower_lrn(proto)  # ONNX Runtime's LRN kernel is scalar (export/onnx_lrn.py)
         onnx.checker.check_model(proto, full_check=True)
         staged = stage / final.name
         onnx.save(proto, str(staged))
@@ -267,6 +269,7 @@ def export_onnx(loaded: LoadedModel, options: OnnxExportOptions) -> OnnxExportRe
                 },
                 "opset": options.opset,
                 "simplifier": simplifier,
+                "lrn": {"lowered": lowered_lrn, "as": "Mul/Pad/Slice/Add/Sqrt/Div (export/onnx_lrn.py)"},
                 "params": counts.params,
                 "macs": counts.macs,
                 "validation": validation,

@@ -26,10 +26,12 @@ from export.artifacts import (
 from export.errors import ToolkitError, one_line
 from export.evaluation import EvalSet, predict, round_floats
 from export.hostinfo import host_facts, int8_host_caveat
+from export.onnx_lrn import lowered_lrn_nodes
 from export.runtime import throughput_runner
 from export.ui import progress, step
 from quantize.calibration import CalibrationSource, OrtCalibrationReader
 from quantize.drift import layer_errors, measure
+from quantize.onnx_pools import keep_max_pools_float
 from quantize.presets import QuantizationConfig
 
 LAYER_REPORT_IMAGES = 4
@@ -160,7 +162,7 @@ def share_concat_ranges(model: onnx.ModelProto, ranges) -> None:
             )
 
 
-def _quantize_static(pre: Path, out: Path, cache: Path, config: QuantizationConfig) -> None:
+def _quantize_static(pre: Path, out: Path, cache: Path, config: QuantizationConfig, float_nodes: list[str]) -> None:
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 
     method, _ = _calibration_method(config)
@@ -174,7 +176,7 @@ def _quantize_static(pre: Path, out: Path, cache: Path, config: QuantizationConf
             reduce_range=config.reduce_range,
             activation_type=QuantType.QInt8 if config.activation_type == "int8" else QuantType.QUInt8,
             weight_type=QuantType.QInt8,
-            nodes_to_exclude=list(config.exclude) or None,
+            nodes_to_exclude=[*config.exclude, *float_nodes] or None,
             calibrate_method=method,
             calibration_cache_path=str(cache),
             extra_options={
@@ -269,7 +271,11 @@ def quantize_onnx(
             step(f"rounding the weights ({config.rounding}) on {count} calibration images")
             rounding = apply_rounding(pre, reference, np.concatenate(list(source.batches())), config)
         cache = calibrate(pre, source, config, count, stage)
-        _quantize_static(pre, staged, cache, config)
+        lrn_nodes = lowered_lrn_nodes(pre_model)  # no integer LRN kernel anywhere: float, between DQ and Q
+        _quantize_static(pre, staged, cache, config, lrn_nodes)
+        quantized = onnx.load(str(staged))
+        float_pools = keep_max_pools_float(quantized)
+        onnx.save(quantized, str(staged))
         timings["quantize_s"] = time.perf_counter() - started
 
         drift = None
@@ -285,7 +291,11 @@ def quantize_onnx(
                 "precision": "int8",
                 "fp32_model": fp32_path.name,
                 "fp32_sha256": file_sha256(fp32_path),
-                "quantization": {**config.to_dict(), **({"rounding": rounding} if rounding else {})},
+                "quantization": {
+                    **config.to_dict(),
+                    **({"rounding": rounding} if rounding else {}),
+                    "float_ops": {"lrn": sorted({n.split("/")[0] for n in lrn_nodes}), "max_pools": float_pools},
+                },
                 "calibration": calibration,
                 "drift": drift,
                 "host": host_facts(),

@@ -111,13 +111,28 @@ PRESETS = {
     "x86-vnni": QuantizationConfig.x86_vnni,
 }
 DEFAULT_TARGET = "arm64"
+# `--target host`: the preset of the machine running the export (a CI runner building for itself, a benchmark)
+HOST_TARGET = "host"
+
+
+def host_target() -> str:
+    """The preset for this machine's int8 kernels: arm64 on ARM, else x86-vnni or x86-avx2 by its ISA."""
+    from export.hostinfo import has_vnni, host_facts
+
+    facts = host_facts()
+    if facts["machine"].lower() in ("aarch64", "arm64"):
+        return "arm64"
+    return "x86-vnni" if has_vnni(facts) else "x86-avx2"
 
 
 def preset(target: str, **overrides) -> QuantizationConfig:
+    if target == HOST_TARGET:
+        target = host_target()
     try:
         factory = PRESETS[target]
     except KeyError:
-        raise ToolkitError(f"unknown --target {target!r} (choose from {', '.join(PRESETS)})") from None
+        choices = ", ".join([*PRESETS, HOST_TARGET])
+        raise ToolkitError(f"unknown --target {target!r} (choose from {choices})") from None
     if overrides.get("calibration", "minmax") not in CALIBRATION_METHODS:
         raise ToolkitError(f"unknown --calibration {overrides['calibration']!r}")
     return factory(**overrides)

@@ -318,3 +318,19 @@ def mount_tmpfs(tmp_path: Path):
     yield mount
     for target in reversed(mounted):
         subprocess.run(["umount", str(target)], check=False, capture_output=True)
+
+
+def eight_bit_max_pools(optimized: Path) -> list[str]:
+    """MaxPools that ONNX Runtime runs on 8-bit NCHW tensors (its generic, slow kernel)."""
+    import onnx
+
+    graph = onnx.load(str(optimized)).graph
+    eight_bit: set[str] = set()
+    found = []
+    for node in graph.node:  # topological order
+        if node.op_type == "MaxPool" and node.domain == "" and node.input[0] in eight_bit:
+            found.append(node.name)
+        produces_8bit = node.op_type in ("QuantizeLinear", "NhwcMaxPool") or node.op_type.startswith("QLinear")
+        if produces_8bit or (node.op_type in ("MaxPool", "Transpose") and node.input[0] in eight_bit):
+            eight_bit.update(node.output)
+    return found

@@ -5,7 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import onnxruntime as ort
 import pytest
+from conftest import eight_bit_max_pools
 
 from benchmarks.counting import count_file
 from benchmarks.kernel_coverage import coverage, summarize
@@ -74,6 +76,12 @@ def test_uint8_activation_model_runs_every_convolution_int8_on_x86(
     kernels = coverage(out, _sample(out), _layer_macs(out))
     assert kernels["ops"].get("QLinearConv") == 57 and kernels["int8_compute_ops"] == 58
     assert kernels["int8_mac_share"] == 1.0
+    # No max pool left on ONNX Runtime's generic 8-bit NCHW kernel (quantize/onnx_pools.py), LRN in float
+    assert "LRN" not in kernels["ops"]
+    options = ort.SessionOptions()
+    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    ort.InferenceSession(str(out), options, providers=["CPUExecutionProvider"])
+    assert eight_bit_max_pools(tmp_path / "optimized.onnx") == []
 
 
 def test_int8_tflite_coverage_names_the_float_stem_and_xnnpack(bench_artifacts: dict) -> None:
