@@ -16,6 +16,7 @@ Judge by the mean and the worst draw, never by one draw.
 
 from __future__ import annotations
 
+import argparse
 import sys
 import tempfile
 import time
@@ -199,8 +200,17 @@ def render(report: dict) -> str:
     return "\n".join(lines)
 
 
+def draw_study_parser(doc: str) -> argparse.ArgumentParser:
+    """The arguments every study over calibration draws takes: weights, photos, draw size, draw seeds."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--weights", type=Path, required=True)
+    parser.add_argument("--calib", type=Path, required=True)
+    parser.add_argument("--calib-size", type=int, default=100)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    return parser
+
+
 def main(argv: list[str] | None = None) -> int:
-    from benchmarks.tflite_int8_study import draw_study_parser
     from export.artifacts import write_json
 
     parser = draw_study_parser(__doc__)

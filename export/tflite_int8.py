@@ -17,7 +17,7 @@ the per-layer noise has to come down, not just be moved around. Measured noise s
    (see `export.tflite_graph`).
 
 The bias correction costs one eager TensorFlow pass over the calibration images (~10 s for 100).
-`python -m benchmarks.tflite_int8_study` measures the fixes over several calibration draws.
+`python -m studies.tflite_int8_study` measures the fixes over several calibration draws.
 """
 
 from __future__ import annotations

@@ -36,7 +36,7 @@ ROUNDING_METHODS = ("nearest", "adaround", "gptq")
 
 @dataclass(frozen=True)
 class RoundingSettings:
-    """How `learned_rounding` rounds; the defaults are the measured 2-core budget (benchmarks/rounding_study.py)."""
+    """How `learned_rounding` rounds; the defaults are the measured 2-core budget (studies/rounding_study.py)."""
 
     method: str = "gptq"
     iterations: int = 300  # AdaRound: Adam steps per layer

@@ -163,6 +163,7 @@ def test_cases_cover_the_fixture(failed_runs: dict[str, Run]) -> None:
     assert sorted(failed_runs) == sorted(CASES)
 
 
+@pytest.mark.slow  # a full export (ten_class_dynamic_export)
 def test_ten_classes_with_num_classes_10_succeeds(ten_class_dynamic_export: tuple) -> None:
     result, out_dir = ten_class_dynamic_export
     assert result.returncode == 0, result.stderr

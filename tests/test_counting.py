@@ -149,6 +149,7 @@ def test_torchvision_variant_groups_into_table1_rows() -> None:
 # ------------------------------------------------------------------------------------------ ONNX
 
 
+@pytest.mark.slow  # a full-model export (reference_onnx)
 def test_onnx_export_counts_like_torch(reference_onnx: Path, torch_report: CountReport) -> None:
     report = count_onnx(reference_onnx)
     assert report.params == REFERENCE_PARAMS
@@ -157,6 +158,7 @@ def test_onnx_export_counts_like_torch(reference_onnx: Path, torch_report: Count
     assert report.layers[0].output_shape == (1, 64, 112, 112)
 
 
+@pytest.mark.slow  # a full-model export (reference_onnx)
 def test_onnx_model_proto_with_symbolic_batch(reference_onnx: Path) -> None:
     model = onnx.load(reference_onnx)
     model.graph.input[0].type.tensor_type.shape.dim[0].dim_param = "N"
@@ -165,6 +167,7 @@ def test_onnx_model_proto_with_symbolic_batch(reference_onnx: Path) -> None:
     assert model.graph.input[0].type.tensor_type.shape.dim[0].dim_param == "N"  # caller's copy untouched
 
 
+@pytest.mark.slow  # a full-model export (reference_onnx)
 def test_onnx_dynamic_spatial_size_is_a_toolkit_error(reference_onnx: Path) -> None:
     model = onnx.load(reference_onnx)
     model.graph.input[0].type.tensor_type.shape.dim[2].dim_param = "H"
@@ -182,6 +185,7 @@ class _ZerosReader:
         return next(self.batches, None)
 
 
+@pytest.mark.slow  # a full-model export and quantization
 @pytest.mark.parametrize("fmt", ["QDQ", "QOperator"])
 def test_int8_onnx_counts_like_float(fmt: str, reference_onnx: Path, torch_report: CountReport, tmp_path: Path) -> None:
     quantization = pytest.importorskip("onnxruntime.quantization")

@@ -28,6 +28,9 @@ from export.onnx_export import OnnxExportResult
 from export.preprocess import BVLC_PREPROCESS, Preprocess
 from export.weights import random_model
 
+# every test here reads a full-model export (the BVLC one with its 500-photo evaluation, or CLI exports)
+pytestmark = pytest.mark.slow
+
 PREPROCESS_KEYS = {"color", "scale", "mean", "std", "resize", "resize_mode", "crop", "layout"}
 REFERENCE_PARAMS = 6_998_552
 

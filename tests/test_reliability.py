@@ -110,6 +110,7 @@ def early_failures(run_export_cli, reference_checkpoint: Path, tmp_path_factory)
         return dict(pool.map(run, cases.items()))
 
 
+@pytest.mark.slow  # eight CLI runs, two of them import TensorFlow (~90 s on 2 cores)
 @pytest.mark.parametrize(
     "name",
     [

@@ -75,6 +75,7 @@ def test_reference_state_dict_loads(form: str, reference_state: dict[str, torch.
     assert_same_state(loaded.model, reference_state)
 
 
+@pytest.mark.slow  # a full export (ten_class_dynamic_export)
 def test_wrapped_prefixed_state_dict_exports(
     ten_class_dynamic_export: tuple, ten_class_checkpoint: Path, ten_class_state: dict[str, torch.Tensor]
 ) -> None:
@@ -149,6 +150,7 @@ def test_torchvision_state_dict_is_detected(torchvision_model: TorchvisionGoogLe
     assert_same_state(loaded.model, state)
 
 
+@pytest.mark.slow  # a full CLI export
 def test_torchvision_state_dict_round_trips_through_the_cli(
     torchvision_export: tuple[Path, subprocess.CompletedProcess, Path],
     torchvision_model: TorchvisionGoogLeNet,

@@ -1,6 +1,6 @@
 """Every int8 target preset x calibration method on real photos: the numbers behind the default choice.
 
-    python -m benchmarks.quantization_matrix --fp32 artifacts/googlenet.onnx \\
+    python -m studies.quantization_matrix --fp32 artifacts/googlenet.onnx \\
         --calib ../shared/data/imagenet-sample --calib-size 100 --out artifacts/quantization-matrix.json
 
 Each cell quantizes the FP32 model, then measures drift on the images that were not used for

@@ -1,6 +1,6 @@
 """int8 TFLite fidelity over several calibration draws: TFLite's plain post-training int8 vs the toolkit's.
 
-    python -m benchmarks.tflite_int8_study --weights ../shared/weights/bvlc_googlenet.onnx \\
+    python -m studies.tflite_int8_study --weights ../shared/weights/bvlc_googlenet.onnx \\
         --calib ../shared/data/imagenet-sample --calib-size 100 --seeds 0 1 2 3 4 \\
         --out artifacts/tflite-int8-study.json
 
@@ -12,7 +12,6 @@ smooth measure of the quantization noise the fixes remove.
 
 from __future__ import annotations
 
-import argparse
 import sys
 import tempfile
 import time
@@ -124,17 +123,8 @@ def render(report: dict) -> None:
     show(table(title, ["calibration draw", *configs], rows))
 
 
-def draw_study_parser(doc: str) -> argparse.ArgumentParser:
-    """The arguments every study over calibration draws takes: weights, photos, draw size, draw seeds."""
-    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
-    parser.add_argument("--weights", type=Path, required=True)
-    parser.add_argument("--calib", type=Path, required=True)
-    parser.add_argument("--calib-size", type=int, default=100)
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
-    return parser
-
-
 def main(argv: list[str] | None = None) -> int:
+    from benchmarks.int8_fidelity import draw_study_parser
     from export.artifacts import write_json
 
     parser = draw_study_parser(__doc__)

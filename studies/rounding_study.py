@@ -1,6 +1,6 @@
 """Weights-only int8 fidelity of each weight rounding, over calibration draws, in PyTorch (float activations).
 
-    python -m benchmarks.rounding_study --weights ../shared/weights/bvlc_googlenet.onnx \\
+    python -m studies.rounding_study --weights ../shared/weights/bvlc_googlenet.onnx \\
         --calib ../shared/data/imagenet-sample --calib-size 100 --seeds 0 1 2 3 4 \\
         --out artifacts/rounding-study.json
 
@@ -103,7 +103,7 @@ CONFIGS = {
 
 
 def main(argv: list[str] | None = None) -> int:
-    from benchmarks.tflite_int8_study import draw_study_parser
+    from benchmarks.int8_fidelity import draw_study_parser
     from export.artifacts import write_json
 
     parser = draw_study_parser(__doc__)

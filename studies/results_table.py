@@ -1,13 +1,13 @@
-"""Reproduce the README's results table: FP32 vs int8, ONNX vs TFLite, 1 and 2 threads, in one run.
+"""Reproduce the results table of docs/results.md: FP32 vs int8, ONNX vs TFLite, 1 and 2 threads, in one run.
 
     python -m export tflite --weights ../shared/weights/bvlc_googlenet.onnx --quantize int8 \\
         --calib ../shared/data/imagenet-sample --calib-size 100
     python -m export onnx --weights ../shared/weights/bvlc_googlenet.onnx --quantize int8 \\
         --calib ../shared/data/imagenet-sample --calib-size 100
-    python -m benchmarks.readme_results --eval ../shared/data/imagenet-sample
+    python -m studies.results_table --eval ../shared/data/imagenet-sample
 
 Writes the full report plus int8/FP32 ratios (measured in the same run, so they hold on other machines
-better than absolute times) to `artifacts/readme_results.json` and prints the Markdown table.
+better than absolute times) to `artifacts/results-table.json` and prints the Markdown table.
 """
 
 from __future__ import annotations
@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--eval", type=Path, required=True)
     parser.add_argument("--threads", type=thread_counts, default=[1, 2])
     parser.add_argument("--runs", type=count(1), default=50)
-    parser.add_argument("--out", type=Path, default=Path("artifacts/readme_results.json"))
+    parser.add_argument("--out", type=Path, default=Path("artifacts/results-table.json"))
     args = parser.parse_args(argv)
     try:
         models = [args.artifacts / name for _, *names in PAIRS for name in names]
