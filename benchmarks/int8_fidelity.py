@@ -42,7 +42,7 @@ def figures(reference: np.ndarray, logits: np.ndarray, labels: np.ndarray) -> di
 
 
 def _onnx(fp32: Path, loaded, source, recipe: str, out: Path, inputs: np.ndarray) -> tuple[np.ndarray, float]:
-    from export.runtime import throughput_runner
+    from edge_runtime.sessions import throughput_runner
     from quantize.onnx_int8 import quantize_onnx
     from quantize.recipes import recipe as named
 
@@ -52,7 +52,7 @@ def _onnx(fp32: Path, loaded, source, recipe: str, out: Path, inputs: np.ndarray
 
 
 def _tflite(loaded, calibration: np.ndarray, recipe: str, out: Path, inputs_nchw: np.ndarray):
-    from export.runtime import TfliteRunner
+    from edge_runtime.sessions import TfliteRunner
     from export.tflite_export import convert
     from export.tflite_int8 import recipe as tflite_recipe
 
@@ -108,8 +108,8 @@ def run(
 ) -> dict:
     import torch
 
+    from edge_runtime.sessions import throughput_runner
     from export.onnx_export import OnnxExportOptions, export_onnx
-    from export.runtime import throughput_runner
     from export.weights import load_model
     from quantize.calibration import FolderSource
 

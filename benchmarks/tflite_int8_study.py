@@ -21,9 +21,9 @@ from pathlib import Path
 
 import numpy as np
 
+from edge_runtime.hostinfo import host_facts
 from export.errors import EXIT_USAGE, ToolkitError
 from export.evaluation import accuracy, fidelity, load_eval_folder, round_floats
-from export.hostinfo import host_facts
 from export.tflite_int8 import RECIPES, TfliteInt8Config
 
 CONFIGS = {  # the two recipes of --int8-recipe, and the steps between them
@@ -35,8 +35,8 @@ CONFIGS = {  # the two recipes of --int8-recipe, and the steps between them
 
 
 def _logits(path: Path, inputs_nhwc: np.ndarray, label: str) -> np.ndarray:
+    from edge_runtime.sessions import TfliteRunner
     from export.evaluation import predict
-    from export.runtime import TfliteRunner
 
     return predict(TfliteRunner(path), inputs_nhwc, label)
 

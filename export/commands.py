@@ -63,7 +63,7 @@ def _publish_together(bundle: Path, out: Path) -> None:
 
 
 def summarize_onnx(result: OnnxExportResult, elapsed: float, shown: Path | None = None) -> None:
-    from benchmarks.counting import format_count
+    from export.counting import format_count
 
     info = result.info
     evaluation = info.get("evaluation") or {}
@@ -167,7 +167,8 @@ def run_onnx(args: argparse.Namespace) -> int:
     )
     with _bundle() as bundle:
         result = export_onnx(loaded, replace(options, out_dir=bundle))
-        from benchmarks.counting import count_onnx, render_table
+        from export.counting import render_table
+        from export.inspect_onnx import count_onnx
 
         ui.show(render_table(count_onnx(result.path), paper=True))
         summarize_onnx(result, time.perf_counter() - started, args.out / result.path.name)

@@ -18,13 +18,13 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.device_runner import file_sha256
+from edge_runtime.device_runner import file_sha256
+from edge_runtime.sessions import TfliteRunner, tflite_op_histogram
 from export import __version__
 from export.artifacts import MODEL_IDENTITY_KEYS, publish, set_tflite_metadata, sidecar_path, staging_dir, write_json
 from export.errors import ToolkitError, one_line
-from export.evaluation import EvalSet, accuracy, check_logits_match, load_eval_set, round_floats
+from export.evaluation import EvalSet, accuracy, check_logits_match, load_eval_set, measure_drift, round_floats
 from export.preprocess import Preprocess
-from export.runtime import TfliteRunner, tflite_op_histogram
 from export.sample_images import validation_photos
 from export.tflite_int8 import TfliteInt8Config, bias_shifts
 from export.tflite_int8 import quantize as quantize_int8
@@ -175,7 +175,7 @@ def convert(
 
 def verify_fp32(path: Path, onnx_path: Path, inputs_nchw: np.ndarray) -> dict:
     """LiteRT fp32 vs ONNX Runtime fp32 on real photos; raises past 1e-3 x logit range."""
-    from export.runtime import OnnxRunner
+    from edge_runtime.sessions import OnnxRunner
 
     expected = OnnxRunner(onnx_path)(inputs_nchw)
     got = TfliteRunner(path)(inputs_nchw.transpose(0, 2, 3, 1))
@@ -212,7 +212,6 @@ def export_tflite(
     `calibration` = {"arrays": NHWC batches in the int8 model's input preprocessing, "describe": {...}}.
     `eval_set`/`fp32_logits`: the FP32 ONNX model's evaluation (NCHW), reused for the drift report.
     """
-    from quantize.drift import measure
 
     if io not in IO_TYPES:
         raise ToolkitError(f"unknown --io {io!r}")
@@ -257,7 +256,7 @@ def export_tflite(
                 info["drift"] = {
                     "eval": {"images": len(eval_set)},
                     "fp32": {"accuracy": accuracy(fp32_logits, eval_set.labels)},
-                    "litert": measure(TfliteRunner(staged), replace(eval_set, inputs=inputs), fp32_logits, label),
+                    "litert": measure_drift(TfliteRunner(staged), replace(eval_set, inputs=inputs), fp32_logits, label),
                 }
             info = round_floats(info)
             info["preprocess"] = preprocess.to_dict()

@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from benchmarks.counting import count_file
-from benchmarks.kernel_coverage import coverage, summarize
+from edge_runtime.kernel_coverage import coverage, summarize
+from export.inspect_onnx import count_file
 
 pytestmark = pytest.mark.slow
 

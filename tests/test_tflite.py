@@ -9,11 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from benchmarks.device_runner import file_sha256
+from edge_runtime.device_runner import file_sha256
+from edge_runtime.sessions import OnnxRunner, TfliteRunner, tflite_op_histogram
 from export.errors import ToolkitError
 from export.evaluation import accuracy, fidelity, load_eval_set
 from export.images import list_images
-from export.runtime import OnnxRunner, TfliteRunner, tflite_op_histogram
 
 pytest.importorskip("tensorflow", reason="the TFLite converter is the optional extra: pip install -e '.[tflite]'")
 

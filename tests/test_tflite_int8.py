@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from edge_runtime.sessions import TfliteRunner, tflite_op_histogram
 from export.errors import ToolkitError
-from export.runtime import TfliteRunner, tflite_op_histogram
 from export.tflite_int8 import TfliteInt8Config, bias_shifts, quantize, rounding_error, stem_weights_to_fp16
 
 tf = pytest.importorskip("tensorflow", reason="the TFLite converter is the optional extra: pip install -e '.[tflite]'")
