@@ -53,8 +53,8 @@ def _onnx(fp32: Path, loaded, source, recipe: str, out: Path, inputs: np.ndarray
 
 def _tflite(loaded, calibration: np.ndarray, recipe: str, out: Path, inputs_nchw: np.ndarray):
     from edge_runtime.sessions import TfliteRunner
-    from export.tflite_export import convert
-    from export.tflite_int8 import recipe as tflite_recipe
+    from quantize.tflite_int8 import recipe as tflite_recipe
+    from quantize.tflite_quant import convert
 
     out.write_bytes(convert(loaded, "int8", "float32", calibration, tflite_recipe(recipe)))
     return predict(TfliteRunner(out), inputs_nchw.transpose(0, 2, 3, 1), "int8 TFLite"), out.stat().st_size
@@ -78,8 +78,8 @@ def _weights_only(loaded, calibration_nchw: np.ndarray, recipe: str, inputs: np.
     the floor the weight rounding alone sets."""
     import torch
 
-    from export.tflite_int8 import recipe as tflite_recipe
     from quantize.rounding import RoundingSettings, nearest_ints, quantized_layers, rounded_copy, to_float
+    from quantize.tflite_int8 import recipe as tflite_recipe
 
     config = tflite_recipe(recipe)
     skip = ("conv1.conv",) if config.float_stem else ()

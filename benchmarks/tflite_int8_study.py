@@ -24,7 +24,7 @@ import numpy as np
 from edge_runtime.hostinfo import host_facts
 from export.errors import EXIT_USAGE, ToolkitError
 from export.evaluation import accuracy, fidelity, load_eval_folder, round_floats
-from export.tflite_int8 import RECIPES, TfliteInt8Config
+from quantize.tflite_int8 import RECIPES, TfliteInt8Config
 
 CONFIGS = {  # the two recipes of --int8-recipe, and the steps between them
     "plain": RECIPES["plain"],
@@ -42,9 +42,10 @@ def _logits(path: Path, inputs_nhwc: np.ndarray, label: str) -> np.ndarray:
 
 
 def run(weights: Path, calib: Path, calib_size: int, seeds: list[int], configs: list[str]) -> dict:
-    from export.tflite_export import convert, input_preprocess
+    from export.tflite_export import input_preprocess
     from export.weights import load_model
     from quantize.calibration import FolderSource
+    from quantize.tflite_quant import convert
 
     loaded = load_model(weights)
     nhwc = input_preprocess(loaded.preprocess, "float32")

@@ -27,7 +27,7 @@ APP_MODULES = frozenset(
 )
 LAYERS = ("edge_runtime", "export", "quantize", "benchmarks", "app")  # bottom to top
 # What the device bundle's runtime core may need besides the standard library.
-RUNTIME_THIRD_PARTY = frozenset({"numpy", "onnxruntime", "ai_edge_litert"})
+RUNTIME_THIRD_PARTY = frozenset({"numpy", "onnxruntime", "ai_edge_litert", "tflite_runtime"})  # LiteRT's older wheel
 
 
 def module_name(path: Path) -> str:
