@@ -15,6 +15,7 @@ import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from export import ui
 from export.artifacts import check_out_dir, publish, staging_dir
@@ -27,6 +28,10 @@ from export.summaries import summarize_onnx, summarize_onnx_int8, summarize_tfli
 from export.weights import LoadedModel, RandomInitWarning, load_model
 from quantize.calibration import DEFAULT_CALIB_SIZE, CalibrationSource, FolderSource, calibration_source
 
+if TYPE_CHECKING:  # heavy (onnxruntime's quantizer, TensorFlow): imported when the format needs them
+    from export.tflite_export import TfliteExportResult
+    from quantize.onnx_int8 import Int8Result
+
 FORMATS = {"onnx": ("int8",), "tflite": ("int8", "fp16", "dynamic")}  # format -> its --quantize modes
 
 
@@ -37,8 +42,8 @@ class ExportOutcome:
     out: Path
     files: list[Path] = field(default_factory=list)  # models and sidecars, as published
     onnx: OnnxExportResult | None = None  # the FP32 ONNX model (TFLite: the reference it is checked against)
-    int8_onnx: object | None = None  # `quantize.onnx_int8.Int8Result`
-    tflite: object | None = None  # `export.tflite_export.TfliteExportResult`
+    int8_onnx: Int8Result | None = None
+    tflite: TfliteExportResult | None = None
 
 
 @dataclass(frozen=True)
@@ -213,7 +218,9 @@ def _export_onnx(request: ExportRequest) -> ExportOutcome:
     return outcome
 
 
-def _quantize_onnx_int8(result: OnnxExportResult, source: CalibrationSource, config, loaded: LoadedModel, out: Path):
+def _quantize_onnx_int8(
+    result: OnnxExportResult, source: CalibrationSource, config, loaded: LoadedModel, out: Path
+) -> Int8Result:
     """`googlenet.int8.onnx` beside the FP32 model, its drift measured on the FP32 model's evaluation."""
     from export.evaluation import load_eval_set
     from export.sample_images import validation_photos
