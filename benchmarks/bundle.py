@@ -2,8 +2,8 @@
 
 The bundle is a tarball a Raspberry Pi (or any Linux/macOS box) runs with only numpy and a runtime:
 the models with their sidecars, the evaluation images already preprocessed to `.npy` per model input
-convention, the FP32 reference outputs for those inputs, `run.py` (= `benchmarks/device_runner.py`)
-and, for Android phones, `android/run_android.py` (= `benchmarks/android_bench.py`) driving TFLite's
+convention, the FP32 reference outputs for those inputs, `run.py` (= `edge_runtime/device_runner.py`)
+and, for Android phones, `android/run_android.py` (= `edge_runtime/android_bench.py`) driving TFLite's
 `benchmark_model` over adb. `manifest.json` lists every file with its sha256; the runner checks them
 before it runs. Same inputs give a byte-identical tarball (sorted entries, fixed times and owners).
 """
@@ -21,7 +21,6 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks import device_runner
 from benchmarks.report import validate_report
 from benchmarks.run import (
     EvalInputs,
@@ -32,12 +31,13 @@ from benchmarks.run import (
     pick_reference,
     static_facts,
 )
+from edge_runtime import device_runner
 from export import __version__, ui
 from export.artifacts import sidecar_path, staging_dir
 from export.errors import ToolkitError
 from export.evaluation import predict
 
-HERE = Path(__file__).resolve().parent
+RUNTIME_CORE = Path(device_runner.__file__).resolve().parent  # the standalone files the bundle ships
 BUNDLE_ROOT = "googlenet-bench"
 
 README = """\
@@ -123,10 +123,10 @@ def build_bundle(
                     "sample": f"inputs/{key}.sample.npy",
                 }
             )
-        shutil.copyfile(HERE / "device_runner.py", root / "run.py")
-        shutil.copyfile(HERE / "kernel_coverage.py", root / "kernel_coverage.py")
+        shutil.copyfile(RUNTIME_CORE / "device_runner.py", root / "run.py")
+        shutil.copyfile(RUNTIME_CORE / "kernel_coverage.py", root / "kernel_coverage.py")
         (root / "android").mkdir()
-        shutil.copyfile(HERE / "android_bench.py", root / "android" / "run_android.py")
+        shutil.copyfile(RUNTIME_CORE / "android_bench.py", root / "android" / "run_android.py")
         readme = README.format(
             version=__version__, models=len(models), images=len(ref_set.labels), archive=out.name, root=BUNDLE_ROOT
         )

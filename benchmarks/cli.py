@@ -41,7 +41,8 @@ def _configure_macs(parser: argparse.ArgumentParser) -> None:
 
 
 def _run_macs(args: argparse.Namespace) -> int:
-    from benchmarks.counting import compare_with_paper, count_file, render_table
+    from export.counting import compare_with_paper, render_table
+    from export.inspect_onnx import count_file
 
     report = count_file(args.file)
     console = Console(width=None if sys.stdout.isatty() else 120)  # pipes and logs get the full table

@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from benchmarks import device_runner
+from edge_runtime import device_runner
 from export import ui
 from export.errors import ToolkitError
 

@@ -22,8 +22,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from benchmarks import device_runner
 from benchmarks.emulation_env import PRIVATE_MOUNTS, EmulationEnv, in_namespace_script
+from edge_runtime import device_runner
 from export import ui
 from export.errors import ToolkitError
 

@@ -43,7 +43,7 @@ def figures(reference: np.ndarray, logits: np.ndarray, labels: np.ndarray) -> di
 
 
 def _onnx(fp32: Path, loaded, source, recipe: str, out: Path, inputs: np.ndarray) -> tuple[np.ndarray, float]:
-    from export.runtime import throughput_runner
+    from edge_runtime.sessions import throughput_runner
     from quantize.onnx_int8 import quantize_onnx
     from quantize.recipes import recipe as named
 
@@ -53,9 +53,9 @@ def _onnx(fp32: Path, loaded, source, recipe: str, out: Path, inputs: np.ndarray
 
 
 def _tflite(loaded, calibration: np.ndarray, recipe: str, out: Path, inputs_nchw: np.ndarray):
-    from export.runtime import TfliteRunner
-    from export.tflite_export import convert
-    from export.tflite_int8 import recipe as tflite_recipe
+    from edge_runtime.sessions import TfliteRunner
+    from quantize.tflite_int8 import recipe as tflite_recipe
+    from quantize.tflite_quant import convert
 
     out.write_bytes(convert(loaded, "int8", "float32", calibration, tflite_recipe(recipe)))
     return predict(TfliteRunner(out), inputs_nchw.transpose(0, 2, 3, 1), "int8 TFLite"), out.stat().st_size
@@ -79,8 +79,8 @@ def _weights_only(loaded, calibration_nchw: np.ndarray, recipe: str, inputs: np.
     the floor the weight rounding alone sets."""
     import torch
 
-    from export.tflite_int8 import recipe as tflite_recipe
     from quantize.rounding import RoundingSettings, nearest_ints, quantized_layers, rounded_copy, to_float
+    from quantize.tflite_int8 import recipe as tflite_recipe
 
     config = tflite_recipe(recipe)
     skip = ("conv1.conv",) if config.float_stem else ()
@@ -109,8 +109,8 @@ def run(
 ) -> dict:
     import torch
 
+    from edge_runtime.sessions import throughput_runner
     from export.onnx_export import OnnxExportOptions, export_onnx
-    from export.runtime import throughput_runner
     from export.weights import load_model
     from quantize.calibration import FolderSource
 

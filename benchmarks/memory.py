@@ -24,9 +24,9 @@ from typing import Any
 import numpy as np
 import onnx
 
-from benchmarks.counting import _fix_inputs, load_onnx
-from benchmarks.tflite_counting import TfliteGraph
 from export.errors import ToolkitError, one_line
+from export.inspect_onnx import _fix_inputs, load_onnx
+from export.inspect_tflite import TfliteGraph
 
 # Bits per element where numpy's itemsize is not the storage size.
 _ONNX_SUBBYTE_BITS = {

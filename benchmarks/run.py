@@ -1,7 +1,7 @@
 """`python -m benchmarks run`: every artifact side by side (size, MACs, memory, latency, accuracy drift).
 
-Gathers, never re-implements: counting from `benchmarks.counting`, activation memory from
-`benchmarks.memory`, latency and peak RSS from `benchmarks.device_runner` (in a fresh subprocess per
+Gathers, never re-implements: counting from `export.inspect_onnx`, activation memory from
+`benchmarks.memory`, latency and peak RSS from `edge_runtime.device_runner` (in a fresh subprocess per
 artifact, the same code a device runs), preprocessing and labels from each artifact's own sidecar.
 """
 
@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks import device_runner, kernel_coverage
 from benchmarks.report import validate_report
+from edge_runtime import device_runner, kernel_coverage
 from export import __version__, ui
 from export.artifacts import read_json, read_onnx_metadata, read_tflite_metadata, sidecar_path
 from export.errors import ToolkitError
@@ -146,7 +146,7 @@ def eval_paths(eval_dir: Path, size: int | None, seed: int) -> list[Path]:
 
 
 def evaluation_runner(path: Path, emulate: bool = False):
-    from export.runtime import OnnxRunner, TfliteRunner, throughput_runner
+    from edge_runtime.sessions import OnnxRunner, TfliteRunner, throughput_runner
 
     if path.suffix.lower() == ".onnx":
         return OnnxRunner(path, threads=1, optimize=False) if emulate else throughput_runner(path)
@@ -155,9 +155,9 @@ def evaluation_runner(path: Path, emulate: bool = False):
 
 def static_facts(path: Path, layers: bool) -> dict:
     """What the graph says: parameters, MACs, ops, activation memory (the same on every device)."""
-    from benchmarks.counting import count_file
     from benchmarks.memory import activation_bytes
-    from export.runtime import tflite_op_histogram
+    from edge_runtime.sessions import tflite_op_histogram
+    from export.inspect_onnx import count_file
 
     counts = count_file(path)
     facts: dict = {
@@ -289,7 +289,7 @@ def _drop_text(block: dict | None) -> tuple[str, str]:
 
 def report_table(report: dict):
     """One row per artifact (and device), like ultralytics' benchmark table."""
-    from benchmarks.counting import format_count
+    from export.counting import format_count
 
     threads = sorted({int(t) for a in report["artifacts"] for t in a["latency_ms"]})
     devices = {a["device"] for a in report["artifacts"]}

@@ -5,6 +5,8 @@ Python API (the CLI `python -m export` is a thin layer over it)::
     from export import load_model, export_onnx, OnnxExportOptions
     loaded = load_model("bvlc_googlenet.onnx")
     result = export_onnx(loaded, OnnxExportOptions(out_dir=Path("artifacts")))
+
+The whole command, quantization and publishing included, is `export.pipeline.export_model`.
 """
 
 from __future__ import annotations

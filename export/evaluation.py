@@ -1,6 +1,6 @@
 """Accuracy and FP32-vs-other fidelity on real images: the numbers every report in the toolkit shares.
 
-The metric functions live in `benchmarks.device_runner` (standalone, so a device computes exactly the same
+The metric functions live in `edge_runtime.device_runner` (standalone, so a device computes exactly the same
 figures) and are re-exported here.
 """
 
@@ -13,12 +13,12 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.device_runner import accuracy, fidelity, round_floats, softmax
+from edge_runtime.device_runner import accuracy, fidelity, round_floats, softmax
+from edge_runtime.sessions import Runner
 from export.errors import ToolkitError
 from export.images import list_images, preprocess_paths
 from export.labels import LabelSet, label_for_image
 from export.preprocess import Preprocess
-from export.runtime import Runner
 from export.ui import progress
 
 
@@ -107,5 +107,17 @@ def check_logits_match(expected: np.ndarray, got: np.ndarray, relative: float, w
     }
 
 
+def measure_drift(runner: Runner, eval_set: EvalSet, fp32_logits: np.ndarray, description: str) -> dict:
+    """Accuracy of `runner` on the eval set and its fidelity to the FP32 logits on the same images (the drift
+    report of every artifact, FP32 TFLite included, so it lives below the quantizers)."""
+    logits = predict(runner, eval_set.inputs, description)
+    result: dict = {"fidelity": fidelity(fp32_logits, logits), "accuracy": accuracy(logits, eval_set.labels)}
+    reference = accuracy(fp32_logits, eval_set.labels)
+    if reference and result["accuracy"]:
+        result["top1_drop_pp"] = 100.0 * (reference["top1"] - result["accuracy"]["top1"])
+        result["top5_drop_pp"] = 100.0 * (reference["top5"] - result["accuracy"]["top5"])
+    return result
+
+
 __all__ = ["EvalSet", "accuracy", "check_logits_match", "fidelity", "load_eval_folder", "load_eval_set", "predict"]
-__all__ += ["round_floats", "softmax"]
+__all__ += ["measure_drift", "round_floats", "softmax"]

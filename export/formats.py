@@ -1,7 +1,7 @@
 """The export formats and the options each accepts: one declarative table drives the CLI.
 
-Adding a format means adding a row here and a `run_<name>` function in `export.commands`; the parser,
-the help text and the option checks all come from this table.
+Adding a format means adding a row here, a `run_<name>` function in `export.commands` and its route in
+`export.pipeline`; the parser, the help text and the option checks all come from this table.
 """
 
 from __future__ import annotations

@@ -15,7 +15,8 @@ import numpy as np
 import onnx
 import torch
 
-from benchmarks.device_runner import file_sha256
+from edge_runtime.device_runner import file_sha256
+from edge_runtime.sessions import OnnxRunner, throughput_runner
 from export import __version__, paths
 from export.artifacts import MODEL_IDENTITY_KEYS, publish, set_onnx_metadata, sidecar_path, staging_dir, write_json
 from export.errors import ToolkitError, one_line
@@ -32,7 +33,6 @@ from export.evaluation import (
 from export.images import list_images
 from export.lrn import ONNX_TRANSLATIONS
 from export.onnx_lrn import lower_lrn
-from export.runtime import OnnxRunner, throughput_runner
 from export.sample_images import validation_photos
 from export.ui import step, warn
 from export.weights import LoadedModel
@@ -206,7 +206,7 @@ def evaluate_export(
 
 def export_onnx(loaded: LoadedModel, options: OnnxExportOptions) -> OnnxExportResult:
     """The whole `python -m export onnx` job; files appear in `out_dir` only when everything passed."""
-    from benchmarks.counting import count_onnx
+    from export.inspect_onnx import count_onnx
 
     timings: dict[str, float] = {}
     check_opset(options.opset)

@@ -1,9 +1,9 @@
-"""PyTorch weights -> verified TFLite (`python -m export tflite`): fp32, fp16, dynamic-range, full int8.
+"""PyTorch weights -> verified FP32 TFLite (`python -m export tflite`), and what every .tflite shares.
 
-Route: the toolkit's own `tf.nn` port of the network (`export.tflite_graph`) -> `tf.lite.TFLiteConverter`
-with a `representative_dataset` fed by the toolkit's calibration sources (real photos, same
-preprocessing). Every file is run in LiteRT right after conversion: fp32 against the FP32 ONNX model,
-the others with the same drift report as the int8 ONNX model. TensorFlow is an optional extra.
+Route: the toolkit's own `tf.nn` port of the network (`export.tflite_graph`) -> `tf.lite.TFLiteConverter`.
+The file is run in LiteRT right after conversion against the FP32 ONNX model. The quantized variants
+(int8, fp16, dynamic-range) are made by `quantize.tflite_quant` with the helpers here, so every .tflite
+gets the same sidecar and embedded metadata. TensorFlow is an optional extra.
 """
 
 from __future__ import annotations
@@ -13,21 +13,20 @@ import os
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
-from benchmarks.device_runner import file_sha256
+from edge_runtime.device_runner import file_sha256
+from edge_runtime.sessions import TfliteRunner, tflite_op_histogram
 from export import __version__
-from export.artifacts import MODEL_IDENTITY_KEYS, publish, set_tflite_metadata, sidecar_path, staging_dir, write_json
+from export.artifacts import MODEL_IDENTITY_KEYS, set_tflite_metadata, sidecar_path, write_json
 from export.errors import ToolkitError, one_line
-from export.evaluation import EvalSet, accuracy, check_logits_match, load_eval_set, round_floats
+from export.evaluation import EvalSet, accuracy, check_logits_match, load_eval_set, measure_drift, round_floats
 from export.preprocess import Preprocess
-from export.runtime import TfliteRunner, tflite_op_histogram
 from export.sample_images import validation_photos
-from export.tflite_int8 import TfliteInt8Config, bias_shifts
-from export.tflite_int8 import quantize as quantize_int8
 from export.ui import step
 from export.weights import LoadedModel
 
@@ -45,7 +44,7 @@ def require_tensorflow():
         else:
             # absl prints "log messages before absl::InitializeLog()" and oneDNN notes at import time,
             # whatever TF_CPP_MIN_LOG_LEVEL says; they would come before any one-line error.
-            with _native_output_captured():
+            with native_output_captured():
                 import tensorflow as tf
     except ImportError:
         raise ToolkitError("TFLite export needs TensorFlow: pip install -e '.[tflite]'") from None
@@ -76,21 +75,18 @@ def input_preprocess(preprocess: Preprocess, io: str) -> Preprocess:
     return raw_pixel_preprocess(preprocess) if io == "uint8" else preprocess.with_layout("NHWC")
 
 
-def _concrete_function(
-    loaded: LoadedModel, io: str, calibration: np.ndarray | None = None, config: TfliteInt8Config | None = None
-):
-    """The TF function the converter reads; with `calibration`, int8 weight-rounding bias corrected."""
-    tf = require_tensorflow()
+def tf_network(loaded: LoadedModel, io: str, model=None, global_mean: bool = True):
+    """The `tf.nn` port of `model` (default: the loaded one) and the body the converter will trace: the
+    network itself, or with uint8 I/O the network behind the pixel normalisation."""
     from export.tflite_graph import TFGoogLeNet, with_preprocessing
 
-    model = loaded.model
-    if calibration is not None and config is not None and config.rounding != "nearest":
-        model = _rounded_model(loaded, io, calibration, config)
-    net = TFGoogLeNet(model, global_mean=config is None or config.global_mean)
-    body = with_preprocessing(net, loaded.preprocess) if io == "uint8" else net
-    if calibration is not None and config is not None and config.bias_correction:
-        recorded = net.record_layer_inputs(body, (calibration[i : i + 10] for i in range(0, len(calibration), 10)))
-        net.bias_shift = bias_shifts(recorded, skip=("conv1",) if config.float_stem else ())
+    net = TFGoogLeNet(loaded.model if model is None else model, global_mean=global_mean)
+    return net, (with_preprocessing(net, loaded.preprocess) if io == "uint8" else net)
+
+
+def serving_function(loaded: LoadedModel, body):
+    """The TF concrete function the converter reads (one NHWC image), with the module that owns it."""
+    tf = require_tensorflow()
     crop = loaded.preprocess.crop
     module = tf.Module()
     module.serve = tf.function(
@@ -99,28 +95,8 @@ def _concrete_function(
     return module.serve.get_concrete_function(), module
 
 
-def _rounded_model(loaded: LoadedModel, io: str, calibration: np.ndarray, config: TfliteInt8Config):
-    """The PyTorch model with its int8 layers' weights rounded onto TFLite's grid by `config.rounding`,
-    fitted on the calibration images (brought back to the model's NCHW, normalised convention)."""
-    from quantize.rounding import RoundingSettings, rounded_copy
-
-    if loaded.arch != "reference":  # batch norm is folded into the kernels later, which moves them off the grid
-        raise ToolkitError(f"--int8-recipe with learned rounding needs the reference network, not {loaded.arch}")
-    images = calibration.astype(np.float32)
-    if io == "uint8":  # raw RGB pixels: normalise as `with_preprocessing` does inside the model
-        p = loaded.preprocess
-        order = [2, 1, 0] if p.color == "BGR" else [0, 1, 2]
-        images = (images[..., order] * np.float32(p.scale) - np.asarray(p.mean, np.float32)) / np.asarray(
-            p.std, np.float32
-        )
-    nchw = np.ascontiguousarray(images.transpose(0, 3, 1, 2))
-    skip = ("conv1.conv",) if config.float_stem else ()
-    model, _ = rounded_copy(loaded.model, nchw, RoundingSettings(method=config.rounding), skip)
-    return model
-
-
 @contextlib.contextmanager
-def _native_output_captured():
+def native_output_captured() -> Iterator[Path]:
     """The converter's C++ side prints progress straight to fds 1 and 2; keep it out of the report."""
     with tempfile.NamedTemporaryFile(prefix="tflite-converter-", suffix=".log", delete=False) as log:
         path = Path(log.name)
@@ -142,40 +118,29 @@ def _native_output_captured():
         path.unlink(missing_ok=True)
 
 
-def convert(
-    loaded: LoadedModel,
-    quantize: str | None,
-    io: str,
-    calibration: np.ndarray | None,
-    int8: TfliteInt8Config | None = None,
-) -> bytes:
-    """One TFLite flatbuffer. `calibration`: NHWC float batches in the model input's preprocessing."""
-    tf = require_tensorflow()
-    if quantize == "int8" and (calibration is None or not len(calibration)):
-        raise ToolkitError("int8 TFLite needs calibration images")
-    if quantize != "int8" and io != "float32":
-        raise ToolkitError(f"--io {io} needs --quantize int8")
-    int8 = int8 or TfliteInt8Config()
-    function, module = _concrete_function(loaded, io, calibration if quantize == "int8" else None, int8)
-    converter = tf.lite.TFLiteConverter.from_concrete_functions([function], module)
-    if quantize == "fp16":
-        converter.optimizations = [tf.lite.Optimize.DEFAULT]
-        converter.target_spec.supported_types = [tf.float16]
-    elif quantize == "dynamic":
-        converter.optimizations = [tf.lite.Optimize.DEFAULT]
-    with _native_output_captured() as captured:
+def run_converter(convert: Callable[[], bytes]) -> bytes:
+    """`convert()` with the converter's native output kept out of the report; its failure as one line."""
+    with native_output_captured() as captured:
         try:
-            if quantize == "int8":
-                return quantize_int8(converter, calibration, io, int8)
-            return converter.convert()
+            return convert()
         except Exception as exc:
             detail = one_line(exc) if str(exc).strip() else captured.read_text(errors="replace")[-300:]
             raise ToolkitError(f"TFLite conversion failed ({detail.strip()})") from None
 
 
+def convert_fp32(loaded: LoadedModel, global_mean: bool = True) -> bytes:
+    """The FP32 TFLite flatbuffer (float32 I/O). `global_mean`: the 7x7 average pool as MEAN (see
+    `export.tflite_graph`); the int8 recipe chooses it, and the FP32 file is built the same way."""
+    tf = require_tensorflow()
+    _, body = tf_network(loaded, "float32", global_mean=global_mean)
+    function, module = serving_function(loaded, body)
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([function], module)
+    return run_converter(converter.convert)
+
+
 def verify_fp32(path: Path, onnx_path: Path, inputs_nchw: np.ndarray) -> dict:
     """LiteRT fp32 vs ONNX Runtime fp32 on real photos; raises past 1e-3 x logit range."""
-    from export.runtime import OnnxRunner
+    from edge_runtime.sessions import OnnxRunner
 
     expected = OnnxRunner(onnx_path)(inputs_nchw)
     got = TfliteRunner(path)(inputs_nchw.transpose(0, 2, 3, 1))
@@ -196,89 +161,71 @@ def _io_details(path: Path) -> dict:
     return detail
 
 
-def export_tflite(
+def finish_artifact(
+    staged: Path,
     loaded: LoadedModel,
     onnx_path: Path,
-    out_dir: Path,
-    quantize: str | None = None,
-    io: str = "float32",
-    calibration: dict | None = None,
+    mode: str | None,
+    io: str,
+    extra: dict,
     eval_set: EvalSet | None = None,
     fp32_logits: np.ndarray | None = None,
-    int8: TfliteInt8Config | None = None,
-) -> TfliteExportResult:
-    """Write `googlenet.tflite` and, with `quantize`, `googlenet.<mode>.tflite`, each verified in LiteRT.
+) -> TfliteArtifact:
+    """The sidecar of a converted `staged` .tflite (precision `mode`, None = fp32), with its drift on the
+    FP32 ONNX model's evaluation, and the metadata embedded in the file. `extra`: the mode's own entries
+    (the fp32 validation, the int8 calibration and recipe)."""
+    preprocess = input_preprocess(loaded.preprocess, io)
+    info: dict = {
+        "format": "tflite",
+        "precision": mode or "fp32",
+        "io": io,
+        **loaded.describe(),
+        "preprocess": preprocess.to_dict(),
+        **_io_details(staged),
+        "ops": tflite_op_histogram(staged),
+        "converter": "toolkit tf.nn port -> tf.lite.TFLiteConverter",
+        "producer": {"toolkit": __version__, "tensorflow": require_tensorflow().__version__},
+        "reference": onnx_path.name,
+        **extra,
+    }
+    if eval_set is not None and fp32_logits is not None and len(eval_set):
+        inputs = _inputs_for(eval_set, preprocess, loaded)
+        label = f"Evaluating TFLite {mode or 'fp32'}"
+        info["drift"] = {
+            "eval": {"images": len(eval_set)},
+            "fp32": {"accuracy": accuracy(fp32_logits, eval_set.labels)},
+            "litert": measure_drift(TfliteRunner(staged), replace(eval_set, inputs=inputs), fp32_logits, label),
+        }
+    info = round_floats(info)
+    info["preprocess"] = preprocess.to_dict()
+    info["labels"] = loaded.labels.to_dict()
+    info["artifact"] = staged.name
+    set_tflite_metadata(staged, _embedded_metadata(info))
+    info["size_bytes"] = staged.stat().st_size
+    info["sha256"] = file_sha256(staged)
+    write_json(sidecar_path(staged), info)
+    return TfliteArtifact(staged, sidecar_path(staged), info)
 
-    `calibration` = {"arrays": NHWC batches in the int8 model's input preprocessing, "describe": {...}}.
-    `eval_set`/`fp32_logits`: the FP32 ONNX model's evaluation (NCHW), reused for the drift report.
-    """
-    from quantize.drift import measure
 
-    if io not in IO_TYPES:
-        raise ToolkitError(f"unknown --io {io!r}")
-    if io != "float32" and quantize != "int8":
-        raise ToolkitError(f"--io {io} needs --quantize int8")
+def export_tflite_fp32(
+    loaded: LoadedModel,
+    onnx_path: Path,
+    stage: Path,
+    eval_set: EvalSet | None = None,
+    fp32_logits: np.ndarray | None = None,
+    global_mean: bool = True,
+) -> tuple[TfliteArtifact, float]:
+    """`<onnx stem>.tflite` and its sidecar in `stage`, verified against the FP32 ONNX model on real photos;
+    with the conversion's seconds. `eval_set`/`fp32_logits`: the ONNX model's evaluation, for the drift."""
     require_tensorflow()
-    int8 = int8 or TfliteInt8Config()
-    result = TfliteExportResult()
-    base = onnx_path.stem
     photos = load_eval_set(validation_photos(), None, loaded.preprocess, None, "Loading validation photos")
-    with staging_dir(out_dir) as stage:
-        plan: list[tuple[str | None, str]] = [(None, "float32")] + ([(quantize, io)] if quantize else [])
-        publishing: dict[Path, Path] = {}
-        for mode, mode_io in plan:
-            started = time.perf_counter()
-            step(f"converting to TFLite {mode or 'fp32'}" + (f" ({mode_io} I/O)" if mode_io != "float32" else ""))
-            arrays = calibration["arrays"] if (mode == "int8" and calibration) else None
-            staged = stage / tflite_name(base, mode)
-            staged.write_bytes(convert(loaded, mode, mode_io, arrays, int8))
-            elapsed = time.perf_counter() - started
-            preprocess = input_preprocess(loaded.preprocess, mode_io)
-            info: dict = {
-                "format": "tflite",
-                "precision": mode or "fp32",
-                "io": mode_io,
-                **loaded.describe(),
-                "preprocess": preprocess.to_dict(),
-                **_io_details(staged),
-                "ops": tflite_op_histogram(staged),
-                "converter": "toolkit tf.nn port -> tf.lite.TFLiteConverter",
-                "producer": {"toolkit": __version__, "tensorflow": require_tensorflow().__version__},
-                "reference": onnx_path.name,
-            }
-            if mode is None:
-                info["validation"] = verify_fp32(staged, onnx_path, photos.inputs)
-            if mode == "int8" and calibration:
-                info["calibration"] = calibration["describe"]
-                info["quantization"] = int8.to_dict()
-            if eval_set is not None and fp32_logits is not None and len(eval_set):
-                inputs = _inputs_for(eval_set, preprocess, loaded)
-                label = f"Evaluating TFLite {mode or 'fp32'}"
-                info["drift"] = {
-                    "eval": {"images": len(eval_set)},
-                    "fp32": {"accuracy": accuracy(fp32_logits, eval_set.labels)},
-                    "litert": measure(TfliteRunner(staged), replace(eval_set, inputs=inputs), fp32_logits, label),
-                }
-            info = round_floats(info)
-            info["preprocess"] = preprocess.to_dict()
-            info["labels"] = loaded.labels.to_dict()
-            info["artifact"] = staged.name
-            set_tflite_metadata(staged, _embedded_metadata(info))
-            info["size_bytes"] = staged.stat().st_size
-            info["sha256"] = file_sha256(staged)
-            write_json(sidecar_path(staged), info)
-            final = out_dir / staged.name
-            publishing[staged] = final
-            publishing[sidecar_path(staged)] = sidecar_path(final)
-            result.artifacts.append(TfliteArtifact(final, sidecar_path(final), info))
-            result.timings[mode or "fp32"] = elapsed
-        fp32_size = result.artifacts[0].info["size_bytes"]
-        for artifact in result.artifacts[1:]:
-            artifact.info["size_ratio"] = round(artifact.info["size_bytes"] / fp32_size, 4)
-            staged = stage / artifact.path.name
-            write_json(sidecar_path(staged), artifact.info)
-        publish(publishing)
-    return result
+    started = time.perf_counter()
+    step("converting to TFLite fp32")
+    staged = stage / tflite_name(onnx_path.stem, None)
+    staged.write_bytes(convert_fp32(loaded, global_mean))
+    elapsed = time.perf_counter() - started
+    validation = {"validation": verify_fp32(staged, onnx_path, photos.inputs)}
+    return finish_artifact(staged, loaded, onnx_path, None, "float32", validation, eval_set, fp32_logits), elapsed
 
 
 def _inputs_for(eval_set: EvalSet, preprocess: Preprocess, loaded: LoadedModel):

@@ -52,7 +52,7 @@ class TFGoogLeNet:
         self.model = model.eval()
         self.global_mean = global_mean  # False: the reference net's 7x7 pool as AVERAGE_POOL_2D (for comparisons)
         self._consts: dict[str, Any] = {}
-        # name -> value subtracted from that layer's bias (int8 weight-rounding correction, export.tflite_int8)
+        # name -> value subtracted from that layer's bias (int8 weight-rounding correction, quantize.tflite_int8)
         self.bias_shift: dict[str, np.ndarray] = {}
         # while recording (eager calls only): name -> [kernel, sum of inputs per channel, count of input positions]
         self.recorded: dict[str, list] | None = None

@@ -1,7 +1,7 @@
 """How much a quantized model drifts from FP32: accuracy, agreement, KL, cosine, and where it is lost.
 
-`measure` works for any runner (ONNX Runtime now, LiteRT for TFLite), so every artifact's drift report
-has the same fields; `layer_errors` finds the worst-quantized activations of a QDQ ONNX model.
+`export.evaluation.measure_drift` works for any runner (ONNX Runtime, LiteRT), so every artifact's drift
+report has the same fields; `layer_errors` finds the worst-quantized activations of a QDQ ONNX model.
 """
 
 from __future__ import annotations
@@ -12,22 +12,9 @@ from pathlib import Path
 
 import numpy as np
 
-from export.evaluation import EvalSet, accuracy, fidelity, predict
-from export.runtime import Runner
 from export.ui import table
 
 DRIFT_METRICS = ("top1", "top5", "top1_drop_pp", "top1_agreement", "top5_overlap", "kl_mean", "cosine_mean")
-
-
-def measure(runner: Runner, eval_set: EvalSet, fp32_logits: np.ndarray, description: str) -> dict:
-    """Accuracy of `runner` on the eval set and its fidelity to the FP32 logits on the same images."""
-    logits = predict(runner, eval_set.inputs, description)
-    result: dict = {"fidelity": fidelity(fp32_logits, logits), "accuracy": accuracy(logits, eval_set.labels)}
-    reference = accuracy(fp32_logits, eval_set.labels)
-    if reference and result["accuracy"]:
-        result["top1_drop_pp"] = 100.0 * (reference["top1"] - result["accuracy"]["top1"])
-        result["top5_drop_pp"] = 100.0 * (reference["top5"] - result["accuracy"]["top5"])
-    return result
 
 
 def _sqnr_db(reference: np.ndarray, candidate: np.ndarray) -> float:

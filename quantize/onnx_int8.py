@@ -12,7 +12,9 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from benchmarks.device_runner import file_sha256
+from edge_runtime.device_runner import file_sha256
+from edge_runtime.hostinfo import host_facts, int8_host_caveat
+from edge_runtime.sessions import throughput_runner
 from export import __version__
 from export.artifacts import (
     MODEL_IDENTITY_KEYS,
@@ -24,13 +26,11 @@ from export.artifacts import (
     write_json,
 )
 from export.errors import ToolkitError, one_line
-from export.evaluation import EvalSet, predict, round_floats
-from export.hostinfo import host_facts, int8_host_caveat
+from export.evaluation import EvalSet, measure_drift, predict, round_floats
 from export.onnx_lrn import lowered_lrn_nodes
-from export.runtime import throughput_runner
 from export.ui import progress, step
 from quantize.calibration import CalibrationSource, OrtCalibrationReader
-from quantize.drift import layer_errors, measure
+from quantize.drift import layer_errors
 from quantize.onnx_pools import keep_max_pools_float
 from quantize.presets import QuantizationConfig
 
@@ -223,8 +223,8 @@ def drift_report(
     report: dict = {
         "eval": {"images": len(eval_set), "labelled": int((eval_set.labels >= 0).sum())},
         "fp32": {"accuracy": accuracy(fp32_logits, eval_set.labels)},
-        "host": measure(throughput_runner(int8_path), eval_set, fp32_logits, "Evaluating int8 (host)"),
-        "emulated": measure(
+        "host": measure_drift(throughput_runner(int8_path), eval_set, fp32_logits, "Evaluating int8 (host)"),
+        "emulated": measure_drift(
             throughput_runner(int8_path, optimize=False), eval_set, fp32_logits, "Evaluating int8 (emulated)"
         ),
         "host_caveat": int8_host_caveat(),

@@ -117,7 +117,7 @@ HOST_TARGET = "host"
 
 def host_target() -> str:
     """The preset for this machine's int8 kernels: arm64 on ARM, else x86-vnni or x86-avx2 by its ISA."""
-    from export.hostinfo import has_vnni, host_facts
+    from edge_runtime.hostinfo import has_vnni, host_facts
 
     facts = host_facts()
     if facts["machine"].lower() in ("aarch64", "arm64"):

@@ -14,8 +14,8 @@ CLI_RECIPES = ("toolkit", "plain", "learned")  # defined for both backends
 
 
 def names(backend: str) -> tuple[str, ...]:
-    from export.tflite_int8 import RECIPES as TFLITE
     from quantize.presets import RECIPES as ONNX
+    from quantize.tflite_int8 import RECIPES as TFLITE
 
     return tuple({"onnx": ONNX, "tflite": TFLITE}[backend])
 
@@ -27,7 +27,7 @@ def recipe(backend: str, name: str, target: str = "arm64", exclude: tuple[str, .
 
         return preset(target, **{**recipe_overrides(name, exclude), **overrides})
     if backend == "tflite":
-        from export.tflite_int8 import recipe as tflite_recipe
+        from quantize.tflite_int8 import recipe as tflite_recipe
 
         return tflite_recipe(name)
     raise ToolkitError(f"unknown int8 backend {backend!r} (choose from {', '.join(BACKENDS)})")

@@ -16,13 +16,13 @@ import tempfile
 import time
 from pathlib import Path
 
+from edge_runtime.hostinfo import host_facts
+from edge_runtime.sessions import throughput_runner
 from export.artifacts import read_onnx_metadata, write_json
 from export.errors import EXIT_USAGE, ToolkitError
 from export.evaluation import load_eval_folder, predict, round_floats
-from export.hostinfo import host_facts
 from export.labels import LabelSet
 from export.preprocess import Preprocess
-from export.runtime import throughput_runner
 from export.ui import show, table
 from quantize.calibration import FolderSource
 from quantize.onnx_int8 import quantize_onnx

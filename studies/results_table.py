@@ -16,8 +16,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from benchmarks.commands import count, thread_counts
 from benchmarks.run import RunOptions, report_table, run
+from edge_runtime.device_runner import thread_list, whole_number
 from export import ui
 from export.artifacts import write_json
 from export.errors import EXIT_USAGE, ToolkitError, one_line
@@ -74,8 +74,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--artifacts", type=Path, default=Path("artifacts"))
     parser.add_argument("--eval", type=Path, required=True)
-    parser.add_argument("--threads", type=thread_counts, default=[1, 2])
-    parser.add_argument("--runs", type=count(1), default=50)
+    parser.add_argument("--threads", type=thread_list, default=[1, 2])
+    parser.add_argument("--runs", type=whole_number(1), default=50)
     parser.add_argument("--out", type=Path, default=Path("artifacts/results-table.json"))
     args = parser.parse_args(argv)
     try:

@@ -20,10 +20,10 @@ from pathlib import Path
 
 import numpy as np
 
+from edge_runtime.hostinfo import host_facts
 from export.errors import EXIT_USAGE, ToolkitError
 from export.evaluation import accuracy, fidelity, load_eval_folder, round_floats
-from export.hostinfo import host_facts
-from export.tflite_int8 import RECIPES, TfliteInt8Config
+from quantize.tflite_int8 import RECIPES, TfliteInt8Config
 
 CONFIGS = {  # the two recipes of --int8-recipe, and the steps between them
     "plain": RECIPES["plain"],
@@ -34,16 +34,17 @@ CONFIGS = {  # the two recipes of --int8-recipe, and the steps between them
 
 
 def _logits(path: Path, inputs_nhwc: np.ndarray, label: str) -> np.ndarray:
+    from edge_runtime.sessions import TfliteRunner
     from export.evaluation import predict
-    from export.runtime import TfliteRunner
 
     return predict(TfliteRunner(path), inputs_nhwc, label)
 
 
 def run(weights: Path, calib: Path, calib_size: int, seeds: list[int], configs: list[str]) -> dict:
-    from export.tflite_export import convert, input_preprocess
+    from export.tflite_export import input_preprocess
     from export.weights import load_model
     from quantize.calibration import FolderSource
+    from quantize.tflite_quant import convert
 
     loaded = load_model(weights)
     nhwc = input_preprocess(loaded.preprocess, "float32")

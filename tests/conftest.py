@@ -244,10 +244,13 @@ def bench_artifacts(
     except ImportError:
         pass
     else:
-        from export.tflite_export import export_tflite
+        from export.tflite_export import input_preprocess
+        from quantize.tflite_quant import export_tflite
 
-        nhwc = calib.arrays().transpose(0, 2, 3, 1)
-        export_tflite(bvlc_loaded, fp32, folder, "int8", calibration={"arrays": nhwc, "describe": calib.describe()})
+        calib_nhwc = FolderSource(
+            imagenet_sample_dir, input_preprocess(bvlc_loaded.preprocess, "float32"), size=16, seed=0
+        )
+        export_tflite(bvlc_loaded, fp32, folder, "int8", calibration=calib_nhwc)
     models = sorted(p for p in folder.iterdir() if p.suffix in (".onnx", ".tflite"))
     return {"folder": folder, "models": models}
 

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks import android_bench
-from benchmarks.android_bench import NO_ADB, NO_TIMINGS, guess_precision, parse_benchmark_model
+from edge_runtime import android_bench
+from edge_runtime.android_bench import NO_ADB, NO_TIMINGS, guess_precision, parse_benchmark_model
 
 DATA = Path(__file__).parent / "data" / "benchmark_model"
 SCRIPT = Path(android_bench.__file__)

@@ -15,8 +15,8 @@ import jsonschema
 import numpy as np
 import pytest
 
-from benchmarks import device_runner
 from benchmarks.report import REPORT_SCHEMA, validate_report
+from edge_runtime import device_runner
 from export.errors import ToolkitError
 
 pytestmark = pytest.mark.slow
@@ -92,7 +92,7 @@ def test_peak_rss_comes_from_a_fresh_process(bench_artifacts: dict, tmp_path: Pa
 
 
 def test_mac_totals_agree_across_pytorch_onnx_and_tflite(bench_report: dict, bvlc_loaded) -> None:
-    from benchmarks.counting import count_torch
+    from export.counting import count_torch
 
     torch_macs = count_torch(bvlc_loaded.model).macs
     for artifact in bench_report["artifacts"]:

@@ -15,19 +15,19 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 from rich.console import Console
 
-from benchmarks.counting import (
+from export import paths
+from export.counting import (
     BLOCK_ORDER,
     PAPER_TABLE1,
     CountReport,
     block_of,
     compare_with_paper,
-    count_onnx,
     count_torch,
     format_count,
     render_table,
 )
-from export import paths
 from export.errors import ToolkitError
+from export.inspect_onnx import count_onnx
 from export.lrn import ONNX_TRANSLATIONS
 from export.model import GoogLeNet, Inception
 

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks import device_runner
 from benchmarks.emulate import ARM_CPUS, cpuinfo_text, parse_cpus
 from benchmarks.emulation_env import NOT_BUILT, EmulationEnv, in_namespace_script, runtime_pins
+from edge_runtime import device_runner
 from export.errors import ToolkitError
 
 PROJECT = Path(__file__).resolve().parents[1]

@@ -9,8 +9,8 @@ import onnxruntime as ort
 import pytest
 from conftest import eight_bit_max_pools
 
-from benchmarks.counting import count_file
-from benchmarks.kernel_coverage import coverage, summarize
+from edge_runtime.kernel_coverage import coverage, summarize
+from export.inspect_onnx import count_file
 
 pytestmark = pytest.mark.slow
 

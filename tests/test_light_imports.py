@@ -34,9 +34,15 @@ def _report(path: Path) -> Path:
     return path
 
 
-def test_gate_and_compare_import_neither_torch_nor_tensorflow_nor_onnx(tmp_path: Path) -> None:
+def test_gate_compare_and_help_import_neither_torch_nor_tensorflow_nor_onnx(tmp_path: Path) -> None:
     report = _report(tmp_path / "report.json")
-    for args in (["gate", str(report)], ["compare", str(report), str(report)], ["schema"]):
+    for args in (
+        ["gate", str(report)],
+        ["compare", str(report), str(report)],
+        ["schema"],
+        ["--help"],
+        ["gate", "--help"],
+    ):
         done = subprocess.run(
             [sys.executable, "-c", PROBE.format(heavy=HEAVY), *args],
             cwd=PROJECT, capture_output=True, text=True, timeout=120,

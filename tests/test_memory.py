@@ -137,7 +137,8 @@ def googlenet_tflite(bvlc_loaded, imagenet_sample_dir: Path, tmp_path_factory: p
     pytest.importorskip("tensorflow", reason="the TFLite converter is the optional extra: pip install -e '.[tflite]'")
     from export.evaluation import load_eval_set
     from export.images import list_images
-    from export.tflite_export import convert, input_preprocess
+    from export.tflite_export import input_preprocess
+    from quantize.tflite_quant import convert
 
     calib = load_eval_set(
         list_images(imagenet_sample_dir).images[:8], None, input_preprocess(bvlc_loaded.preprocess, "float32"), None

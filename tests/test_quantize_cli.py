@@ -20,8 +20,8 @@ import pytest
 from conftest import write_png16_rgb
 from PIL import Image
 
+from edge_runtime.hostinfo import int8_host_caveat
 from export import paths
-from export.hostinfo import int8_host_caveat
 from export.images import load_image
 from export.preprocess import BVLC_PREPROCESS
 from quantize import FolderSource

@@ -18,9 +18,9 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, numpy_helper
 
+from edge_runtime.hostinfo import host_facts, int8_host_caveat
 from export.errors import ToolkitError
 from export.evaluation import EvalSet, accuracy, load_eval_set
-from export.hostinfo import host_facts, int8_host_caveat
 from export.onnx_export import OnnxExportResult
 from export.weights import LoadedModel
 from quantize import (

@@ -9,11 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from benchmarks.device_runner import file_sha256
+from edge_runtime.device_runner import file_sha256
+from edge_runtime.sessions import OnnxRunner, TfliteRunner, tflite_op_histogram
 from export.errors import ToolkitError
 from export.evaluation import accuracy, fidelity, load_eval_set
 from export.images import list_images
-from export.runtime import OnnxRunner, TfliteRunner, tflite_op_histogram
 
 pytest.importorskip("tensorflow", reason="the TFLite converter is the optional extra: pip install -e '.[tflite]'")
 
@@ -138,7 +138,8 @@ def test_int8_keeps_only_the_stem_and_lrn_in_float(tflite_run) -> None:
 
 def test_uint8_io_takes_raw_camera_pixels(bvlc_loaded, imagenet_sample_dir: Path, tmp_path: Path) -> None:
     """`--io uint8`: scale 1, zero point 0, RGB 0-255 in; predictions follow the FP32 model."""
-    from export.tflite_export import convert, input_preprocess
+    from export.tflite_export import input_preprocess
+    from quantize.tflite_quant import convert
 
     raw = input_preprocess(bvlc_loaded.preprocess, "uint8")
     images = list_images(imagenet_sample_dir).images
@@ -202,7 +203,7 @@ def test_missing_tensorflow_is_one_line(run_export_cli, tmp_path: Path) -> None:
 
 
 def test_convert_refuses_int8_without_calibration(bvlc_loaded) -> None:
-    from export.tflite_export import convert
+    from quantize.tflite_quant import convert
 
     with pytest.raises(ToolkitError, match="calibration"):
         convert(bvlc_loaded, "int8", "float32", None)
@@ -210,7 +211,7 @@ def test_convert_refuses_int8_without_calibration(bvlc_loaded) -> None:
 
 @pytest.mark.parametrize("mode", ["fp16", "dynamic"])
 def test_fp16_and_dynamic_follow_fp32(mode: str, bvlc_loaded, imagenet_sample_dir: Path, tmp_path: Path) -> None:
-    from export.tflite_export import convert
+    from quantize.tflite_quant import convert
 
     path = tmp_path / f"{mode}.tflite"
     path.write_bytes(convert(bvlc_loaded, mode, "float32", None))

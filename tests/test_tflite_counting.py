@@ -12,9 +12,10 @@ import numpy as np
 import pytest
 from conftest import convert_tiny_tflite
 
-from benchmarks.counting import BLOCK_ORDER, CountReport, count_file, count_onnx, count_torch
-from benchmarks.tflite_counting import count_tflite
+from export.counting import BLOCK_ORDER, CountReport, count_torch
 from export.errors import ToolkitError
+from export.inspect_onnx import count_file, count_onnx
+from export.inspect_tflite import count_tflite
 from export.model import GoogLeNet
 
 pytest.importorskip("tensorflow", reason="the TFLite converter is the optional extra: pip install -e '.[tflite]'")
@@ -34,7 +35,8 @@ def googlenet_tflite(
     """The BVLC model converted once per mode (8 calibration photos for int8: counts ignore the ranges)."""
     from export.evaluation import load_eval_set
     from export.images import list_images
-    from export.tflite_export import convert, input_preprocess
+    from export.tflite_export import input_preprocess
+    from quantize.tflite_quant import convert
 
     calib = load_eval_set(
         list_images(imagenet_sample_dir).images[:8], None, input_preprocess(bvlc_loaded.preprocess, "float32"), None
@@ -76,7 +78,7 @@ def test_googlenet_counts_like_torch_and_onnx(
 
 def test_weights_are_counted_in_their_stored_dtype(googlenet_tflite: dict[str, Path]) -> None:
     """int8 weights with int32 biases, and fp16 weights reached through DEQUANTIZE, count their elements."""
-    from export.runtime import tflite_op_histogram
+    from edge_runtime.sessions import tflite_op_histogram
 
     int8_ops = tflite_op_histogram(googlenet_tflite["int8"])
     assert int8_ops["CONV_2D[INT8]"] == 56  # conv1 is the float stem, its kernel stored as float16:

@@ -1,4 +1,4 @@
-"""The int8 TFLite fixes of `export.tflite_int8`, each checked against the real converter and LiteRT on tiny graphs."""
+"""The int8 TFLite fixes of `quantize.tflite_int8`, each checked with the real converter and LiteRT on tiny graphs."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from edge_runtime.sessions import TfliteRunner, tflite_op_histogram
 from export.errors import ToolkitError
-from export.runtime import TfliteRunner, tflite_op_histogram
-from export.tflite_int8 import TfliteInt8Config, bias_shifts, quantize, rounding_error, stem_weights_to_fp16
+from quantize.tflite_int8 import TfliteInt8Config, bias_shifts, quantize, rounding_error, stem_weights_to_fp16
 
 tf = pytest.importorskip("tensorflow", reason="the TFLite converter is the optional extra: pip install -e '.[tflite]'")
 

@@ -15,12 +15,12 @@ import pytest
 import torch
 from onnx import numpy_helper
 
+from edge_runtime.sessions import OnnxRunner
 from export import paths
 from export.errors import ToolkitError
 from export.images import load_image
 from export.model import GoogLeNet
 from export.preprocess import BVLC_PREPROCESS, TORCHVISION_PREPROCESS, Preprocess
-from export.runtime import OnnxRunner
 from export.torchvision_variant import TorchvisionGoogLeNet
 from export.weights import RANDOM_INIT, LoadedModel, RandomInitWarning, load_model, random_model
 

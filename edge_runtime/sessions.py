@@ -8,8 +8,8 @@ from typing import Protocol
 
 import numpy as np
 
-from benchmarks.device_runner import OnnxSession, RunnerError, TfliteSession
-from export.errors import ToolkitError, one_line
+from edge_runtime.device_runner import OnnxSession, RunnerError, TfliteSession
+from edge_runtime.errors import ToolkitError, one_line
 
 
 class Runner(Protocol):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from functools import cache
 
-from benchmarks import device_runner
+from edge_runtime import device_runner
 
 
 @cache

@@ -24,7 +24,7 @@ import numpy as np
 
 
 def _sibling(name: str):
-    """A standalone module that sits beside this file, here (benchmarks/) and in the device bundle alike."""
+    """A standalone module that sits beside this file, here (edge_runtime/) and in the device bundle alike."""
     import importlib.util
 
     spec = importlib.util.spec_from_file_location(

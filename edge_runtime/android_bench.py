@@ -33,7 +33,7 @@ NO_ADB = "adb not found on PATH: install Android platform-tools and connect a de
 NO_TIMINGS = "no benchmark_model timing lines found"
 RUN_TIMEOUT_S = 900.0  # benchmark_model stops each phase after 150 s (--max_secs), plus model loading
 
-# /proc/cpuinfo flag -> the name the host reports use (the same table as benchmarks/device_runner.py).
+# /proc/cpuinfo flag -> the name the host reports use (the same table as edge_runtime/device_runner.py).
 ISA_FLAGS = {
     "avx2": "avx2",
     "fma": "fma",

@@ -1,12 +1,12 @@
 """Parameters and multiply-adds of a `.tflite` file, in the same report (and layer names) as the torch and
-ONNX counters of `benchmarks.counting`; `TfliteGraph` is also what `benchmarks.memory` reads."""
+ONNX counters (`export.counting`, `export.inspect_onnx`); `TfliteGraph` is also what `benchmarks.memory` reads."""
 
 from __future__ import annotations
 
 import math
 from pathlib import Path
 
-from benchmarks.counting import CountReport, LayerCount, block_of
+from export.counting import CountReport, LayerCount, block_of
 from export.errors import ToolkitError, one_line
 
 # builtin op -> (activation input, weight input, bias input or None); TRANSPOSE_CONV's input 0 is its output shape

@@ -1,0 +1,290 @@
+"""The export pipeline as one call: what `python -m export onnx|tflite [--quantize ...]` does, for scripts.
+
+`export_model("onnx", weights=..., quantize="int8", calibration=FolderSource(...) or a folder)` loads the
+weights, exports and validates the FP32 model, quantizes it, measures the drift, and publishes every file
+into `out` as one set. With a calibration folder, evaluation runs on that folder's photos that calibration
+did not use (or on `eval_dir`), never on calibration photos. `export.commands` is only its argument parser.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from export import ui
+from export.artifacts import check_out_dir, publish, staging_dir
+from export.errors import ToolkitError
+from export.images import list_images
+from export.onnx_export import DEFAULT_OPSET, OnnxExportOptions, OnnxExportResult, check_opset, export_onnx
+from export.paths import DEFAULT_OUT
+from export.preprocess import Preprocess
+from export.summaries import summarize_onnx, summarize_onnx_int8, summarize_tflite
+from export.weights import LoadedModel, RandomInitWarning, load_model
+from quantize.calibration import DEFAULT_CALIB_SIZE, CalibrationSource, FolderSource, calibration_source
+
+if TYPE_CHECKING:  # heavy (onnxruntime's quantizer, TensorFlow): imported when the format needs them
+    from export.tflite_export import TfliteExportResult
+    from quantize.onnx_int8 import Int8Result
+
+FORMATS = {"onnx": ("int8",), "tflite": ("int8", "fp16", "dynamic")}  # format -> its --quantize modes
+
+
+@dataclass
+class ExportOutcome:
+    """What one export published: every file in `out`, and the results behind them."""
+
+    out: Path
+    files: list[Path] = field(default_factory=list)  # models and sidecars, as published
+    onnx: OnnxExportResult | None = None  # the FP32 ONNX model (TFLite: the reference it is checked against)
+    int8_onnx: Int8Result | None = None
+    tflite: TfliteExportResult | None = None
+
+
+@dataclass(frozen=True)
+class ExportRequest:
+    """Every choice `python -m export FORMAT` offers, with the CLI's defaults (see `export_model`)."""
+
+    format: str
+    weights: Path | None = None
+    num_classes: int | None = None
+    labels: Path | None = None
+    seed: int = 0
+    out: Path = DEFAULT_OUT
+    eval_dir: Path | None = None
+    evaluate: bool = True
+    quantize: str | None = None
+    calibration: CalibrationSource | Path | None = None
+    calib_size: int = DEFAULT_CALIB_SIZE
+    int8_recipe: str = "toolkit"
+    target: str = "arm64"  # ONNX only, like the four below
+    exclude: tuple[str, ...] = ()
+    calibration_method: str | None = None  # ORT's calibration (default: the target preset's)
+    opset: int | None = None
+    dynamic_batch: bool = False
+    simplify: bool = True
+    io: str = "float32"  # TFLite only
+
+
+@dataclass(frozen=True)
+class _Evaluation:
+    """Where accuracy is measured: `eval_dir` minus the calibration photos, or nothing."""
+
+    eval_dir: Path | None
+    evaluate: bool
+    exclude: frozenset[Path] = frozenset()
+
+
+def load_weights(weights: Path | None, num_classes: int | None, labels: Path | None, seed: int) -> LoadedModel:
+    """The model, with every warning about the weights shown once (random init is already in the table)."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", RandomInitWarning)
+        loaded = load_model(weights, num_classes=num_classes, labels=labels, seed=seed)
+    for warning in caught:
+        ui.warn(str(warning.message))
+    for note in loaded.warnings:
+        if not loaded.is_random or "RANDOM" not in note:
+            ui.warn(note)
+    return loaded
+
+
+def check_paths(out: Path, eval_dir: Path | None, evaluate: bool) -> None:
+    """`out` and `eval_dir` are checked before any slow work: a typo must not cost a whole export."""
+    check_out_dir(out)
+    if eval_dir is not None and evaluate and not list_images(eval_dir).images:
+        raise ToolkitError("no images to evaluate on (.jpg/.jpeg/.png/.bmp)", eval_dir)
+
+
+@contextlib.contextmanager
+def _bundle() -> Iterator[Path]:
+    """The command's staging folder. torch's inductor cache goes inside it too: by default torch leaves
+    a `torchinductor_<user>` folder in $TMPDIR, which an interrupted or finished run must not."""
+    key = "TORCHINDUCTOR_CACHE_DIR"
+    with staging_dir() as bundle:
+        ours = key not in os.environ
+        if ours:
+            os.environ[key] = str(bundle / "torchinductor")
+        try:
+            yield bundle
+        finally:
+            if ours:  # a later export in this process must not recreate the removed folder
+                os.environ.pop(key, None)
+
+
+def _publish_together(bundle: Path, out: Path) -> list[Path]:
+    """Every file the command made, moved into `out` as one set: an FP32 model never lands without the
+    int8 model made from it (whose sidecar records the FP32 file's sha256), nor the reverse."""
+    moves = {path: out / path.name for path in sorted(bundle.iterdir()) if path.is_file()}
+    publish(moves)
+    return list(moves.values())
+
+
+def _calibration_plan(
+    calibration: CalibrationSource | Path | None,
+    preprocess: Preprocess,
+    size: int,
+    seed: int,
+    evaluation: _Evaluation,
+) -> tuple[CalibrationSource, _Evaluation]:
+    """The calibration source (a folder or `.npy`/`.npz` file is opened here), loaded and validated now
+    (before the slow export), and where to evaluate: `eval_dir`, else the calibration folder's images that
+    calibration did not use."""
+    if isinstance(calibration, CalibrationSource):
+        source = calibration
+    else:
+        source = calibration_source(calibration, preprocess, size, seed)
+        if calibration is None:
+            ui.warn("no --calib: calibrating on built-in photographs; a set from your own data is more representative")
+    source.describe()
+    if not isinstance(source, FolderSource):
+        return source, evaluation
+    for note in source.notes:
+        ui.warn(note)
+    eval_dir, evaluate = evaluation.eval_dir, evaluation.evaluate
+    if eval_dir is None:
+        eval_dir = source.folder
+        if not source.unused:
+            ui.warn("every image of --calib was used for calibration; pass --eval DIR for an accuracy report")
+            evaluate = False
+    return source, _Evaluation(eval_dir, evaluate, frozenset(source.chosen))  # never evaluate on calibration images
+
+
+def export_model(format: str, **choices) -> ExportOutcome:
+    """Export (and with `quantize=`, quantize) the model to `format` ("onnx" or "tflite") into `out=`.
+
+    Keywords are the fields of `ExportRequest`. `calibration=`: a `CalibrationSource` in the model input's
+    preprocessing (TFLite: NHWC, see `export.tflite_export.input_preprocess`), a folder or `.npy`/`.npz`
+    file (opened with `calib_size` and `seed`), or None for the built-in photos.
+    """
+    request = ExportRequest(format, **choices)
+    request = replace(request, out=Path(request.out), exclude=tuple(request.exclude))
+    if format not in FORMATS:
+        raise ToolkitError(f"unknown export format {format!r} (choose from {', '.join(FORMATS)})")
+    if request.quantize is not None and request.quantize not in FORMATS[format]:
+        raise ToolkitError(
+            f"{format} cannot be quantized to {request.quantize!r} (choose from {', '.join(FORMATS[format])})"
+        )
+    return _export_onnx(request) if format == "onnx" else _export_tflite(request)
+
+
+def _export_onnx(request: ExportRequest) -> ExportOutcome:
+    started = time.perf_counter()
+    opset = request.opset or DEFAULT_OPSET
+    check_opset(opset)  # cheap checks first: no progress output before an error
+    check_paths(request.out, request.eval_dir, request.evaluate)
+    loaded = load_weights(request.weights, request.num_classes, request.labels, request.seed)
+    source, config, evaluation = None, None, _Evaluation(request.eval_dir, request.evaluate)
+    if request.quantize:
+        from quantize.presets import DEFAULT_CALIBRATION
+        from quantize.recipes import recipe
+
+        config = recipe(
+            "onnx",
+            request.int8_recipe,
+            request.target,
+            request.exclude,
+            calibration=request.calibration_method or DEFAULT_CALIBRATION,
+        )
+        source, evaluation = _calibration_plan(
+            request.calibration, loaded.preprocess, request.calib_size, request.seed, evaluation
+        )
+    options = OnnxExportOptions(
+        out_dir=request.out,
+        opset=opset,
+        dynamic_batch=request.dynamic_batch,
+        simplify=request.simplify,
+        eval_dir=evaluation.eval_dir,
+        evaluate=evaluation.evaluate,
+        eval_exclude=evaluation.exclude,
+        compare_source=not request.quantize,  # keeps `--quantize int8` within its time budget
+    )
+    outcome = ExportOutcome(request.out)
+    with _bundle() as bundle:
+        outcome.onnx = result = export_onnx(loaded, replace(options, out_dir=bundle))
+        from export.counting import render_table
+        from export.inspect_onnx import count_onnx
+
+        ui.show(render_table(count_onnx(result.path), paper=True))
+        summarize_onnx(result, time.perf_counter() - started, request.out / result.path.name)
+        if request.quantize:
+            outcome.int8_onnx = _quantize_onnx_int8(result, source, config, loaded, request.out)
+        outcome.files = _publish_together(bundle, request.out)
+    ui.show(f"total time {time.perf_counter() - started:.1f} s")
+    return outcome
+
+
+def _quantize_onnx_int8(
+    result: OnnxExportResult, source: CalibrationSource, config, loaded: LoadedModel, out: Path
+) -> Int8Result:
+    """`googlenet.int8.onnx` beside the FP32 model, its drift measured on the FP32 model's evaluation."""
+    from export.evaluation import load_eval_set
+    from export.sample_images import validation_photos
+    from quantize.drift import drift_table, layer_table
+    from quantize.onnx_int8 import quantize_onnx
+
+    ui.show(f"int8 target preset: [bold]{config.target}[/bold] ({config.why}); calibration: {config.calibration}")
+    eval_set, fp32_logits = result.eval_set, result.eval_logits
+    if eval_set is None:
+        ui.warn("no held-out labelled images: drift is measured on the built-in photos (agreement only)")
+        eval_set = load_eval_set(validation_photos(), None, loaded.preprocess, None, "Loading photos")
+        fp32_logits = None
+    q = quantize_onnx(result.path, source, config, eval_set, fp32_logits, reference=loaded.model)
+    drift = q.info["drift"]
+    if drift:
+        ui.show(drift_table(drift))
+        ui.show(layer_table(drift["layers"]["worst_first"]))
+        if drift.get("host_caveat"):
+            ui.warn(drift["host_caveat"])
+    summarize_onnx_int8(q.info, q.timings, config.target, config.calibration, out / q.path.name)
+    return q
+
+
+def _export_tflite(request: ExportRequest) -> ExportOutcome:
+    from export.tflite_export import input_preprocess, require_tensorflow
+    from quantize.recipes import recipe
+    from quantize.tflite_quant import export_tflite
+
+    started = time.perf_counter()
+    if request.io != "float32" and request.quantize != "int8":
+        raise ToolkitError(f"--io {request.io} needs --quantize int8")
+    int8 = recipe("tflite", request.int8_recipe)
+    check_paths(request.out, request.eval_dir, request.evaluate)
+    require_tensorflow()
+    loaded = load_weights(request.weights, request.num_classes, request.labels, request.seed)
+    source, evaluation = None, _Evaluation(request.eval_dir, request.evaluate)
+    if request.quantize == "int8":
+        preprocess = input_preprocess(loaded.preprocess, request.io)
+        source, evaluation = _calibration_plan(
+            request.calibration, preprocess, request.calib_size, request.seed, evaluation
+        )
+    outcome = ExportOutcome(request.out)
+    with _bundle() as bundle:
+        outcome.onnx = reference = export_onnx(
+            loaded,
+            OnnxExportOptions(
+                out_dir=bundle,
+                eval_dir=evaluation.eval_dir,
+                evaluate=evaluation.evaluate,
+                eval_exclude=evaluation.exclude,
+                compare_source=False,
+            ),
+        )
+        outcome.tflite = export_tflite(
+            loaded,
+            reference.path,
+            bundle,
+            quantize=request.quantize,
+            io=request.io,
+            calibration=source,
+            eval_set=reference.eval_set,
+            fp32_logits=reference.eval_logits,
+            int8=int8,
+        )
+        outcome.files = _publish_together(bundle, request.out)
+    summarize_tflite(outcome.tflite.artifacts, time.perf_counter() - started, request.out)
+    return outcome

@@ -1,0 +1,170 @@
+"""Quantized TFLite (`python -m export tflite --quantize int8|fp16|dynamic`) beside the FP32 file.
+
+The FP32 file comes from `export.tflite_export`; here the same `tf.nn` port goes through the converter with
+a `representative_dataset` fed by a `CalibrationSource` (real photos, the int8 model's input
+preprocessing) and the int8 recipe of `quantize.tflite_int8` (float stem, bias correction, learned
+rounding). Every quantized file gets the same sidecar and drift report as the FP32 one.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+
+from export.artifacts import publish, sidecar_path, staging_dir, write_json
+from export.errors import ToolkitError
+from export.evaluation import EvalSet
+from export.tflite_export import (
+    IO_TYPES,
+    TfliteArtifact,
+    TfliteExportResult,
+    export_tflite_fp32,
+    finish_artifact,
+    require_tensorflow,
+    run_converter,
+    serving_function,
+    tf_network,
+    tflite_name,
+)
+from export.ui import step
+from export.weights import LoadedModel
+from quantize.calibration import CalibrationSource
+from quantize.tflite_int8 import TfliteInt8Config, bias_shifts
+from quantize.tflite_int8 import quantize as quantize_int8
+
+
+def calibration_arrays(source: CalibrationSource) -> np.ndarray:
+    """Every calibration image as one NHWC array: the converter, the bias correction and learned rounding
+    each read them again."""
+    return np.concatenate(list(source.batches()))
+
+
+def _concrete_function(loaded: LoadedModel, io: str, calibration: np.ndarray | None, config: TfliteInt8Config):
+    """The TF function the converter reads; with `calibration`, int8 weight-rounding bias corrected."""
+    model = loaded.model
+    if calibration is not None and config.rounding != "nearest":
+        model = _rounded_model(loaded, io, calibration, config)
+    net, body = tf_network(loaded, io, model, global_mean=config.global_mean)
+    if calibration is not None and config.bias_correction:
+        recorded = net.record_layer_inputs(body, (calibration[i : i + 10] for i in range(0, len(calibration), 10)))
+        net.bias_shift = bias_shifts(recorded, skip=("conv1",) if config.float_stem else ())
+    return serving_function(loaded, body)
+
+
+def _rounded_model(loaded: LoadedModel, io: str, calibration: np.ndarray, config: TfliteInt8Config):
+    """The PyTorch model with its int8 layers' weights rounded onto TFLite's grid by `config.rounding`,
+    fitted on the calibration images (brought back to the model's NCHW, normalised convention)."""
+    from quantize.rounding import RoundingSettings, rounded_copy
+
+    if loaded.arch != "reference":  # batch norm is folded into the kernels later, which moves them off the grid
+        raise ToolkitError(f"--int8-recipe with learned rounding needs the reference network, not {loaded.arch}")
+    images = calibration.astype(np.float32)
+    if io == "uint8":  # raw RGB pixels: normalise as `with_preprocessing` does inside the model
+        p = loaded.preprocess
+        order = [2, 1, 0] if p.color == "BGR" else [0, 1, 2]
+        images = (images[..., order] * np.float32(p.scale) - np.asarray(p.mean, np.float32)) / np.asarray(
+            p.std, np.float32
+        )
+    nchw = np.ascontiguousarray(images.transpose(0, 3, 1, 2))
+    skip = ("conv1.conv",) if config.float_stem else ()
+    model, _ = rounded_copy(loaded.model, nchw, RoundingSettings(method=config.rounding), skip)
+    return model
+
+
+def convert(
+    loaded: LoadedModel,
+    quantize: str | None,
+    io: str,
+    calibration: np.ndarray | None,
+    int8: TfliteInt8Config | None = None,
+) -> bytes:
+    """One TFLite flatbuffer of any mode (None = fp32). `calibration`: NHWC float images in the model
+    input's preprocessing, for int8."""
+    tf = require_tensorflow()
+    if quantize == "int8" and (calibration is None or not len(calibration)):
+        raise ToolkitError("int8 TFLite needs calibration images")
+    if quantize != "int8" and io != "float32":
+        raise ToolkitError(f"--io {io} needs --quantize int8")
+    int8 = int8 or TfliteInt8Config()
+    function, module = _concrete_function(loaded, io, calibration if quantize == "int8" else None, int8)
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([function], module)
+    if quantize == "fp16":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.target_spec.supported_types = [tf.float16]
+    elif quantize == "dynamic":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    if quantize == "int8":
+        return run_converter(lambda: quantize_int8(converter, calibration, io, int8))
+    return run_converter(converter.convert)
+
+
+def export_tflite(
+    loaded: LoadedModel,
+    onnx_path: Path,
+    out_dir: Path,
+    quantize: str | None = None,
+    io: str = "float32",
+    calibration: CalibrationSource | None = None,
+    eval_set: EvalSet | None = None,
+    fp32_logits: np.ndarray | None = None,
+    int8: TfliteInt8Config | None = None,
+) -> TfliteExportResult:
+    """Write `googlenet.tflite` and, with `quantize`, `googlenet.<mode>.tflite`, each verified in LiteRT;
+    both appear in `out_dir` together or not at all.
+
+    `calibration`: images in the int8 model's input preprocessing (`export.tflite_export.input_preprocess`).
+    `eval_set`/`fp32_logits`: the FP32 ONNX model's evaluation (NCHW), reused for the drift report.
+    """
+    if io not in IO_TYPES:
+        raise ToolkitError(f"unknown --io {io!r}")
+    if io != "float32" and quantize != "int8":
+        raise ToolkitError(f"--io {io} needs --quantize int8")
+    require_tensorflow()
+    int8 = int8 or TfliteInt8Config()
+    result = TfliteExportResult()
+    with staging_dir(out_dir) as stage:
+        fp32, result.timings["fp32"] = export_tflite_fp32(
+            loaded, onnx_path, stage, eval_set, fp32_logits, global_mean=int8.global_mean
+        )
+        staged = [fp32]
+        if quantize:
+            quantized, result.timings[quantize] = _export_quantized(
+                loaded, onnx_path, stage, quantize, io, calibration, int8, eval_set, fp32_logits
+            )
+            quantized.info["size_ratio"] = round(quantized.info["size_bytes"] / fp32.info["size_bytes"], 4)
+            write_json(quantized.sidecar, quantized.info)
+            staged.append(quantized)
+        publishing: dict[Path, Path] = {}
+        for artifact in staged:
+            final = out_dir / artifact.path.name
+            publishing[artifact.path] = final
+            publishing[artifact.sidecar] = sidecar_path(final)
+            result.artifacts.append(TfliteArtifact(final, sidecar_path(final), artifact.info))
+        publish(publishing)
+    return result
+
+
+def _export_quantized(
+    loaded: LoadedModel,
+    onnx_path: Path,
+    stage: Path,
+    quantize: str,
+    io: str,
+    calibration: CalibrationSource | None,
+    int8: TfliteInt8Config,
+    eval_set: EvalSet | None,
+    fp32_logits: np.ndarray | None,
+) -> tuple[TfliteArtifact, float]:
+    """`googlenet.<quantize>.tflite` and its sidecar in `stage`, with the conversion's seconds."""
+    arrays = extra = None
+    if quantize == "int8" and calibration is not None:
+        arrays = calibration_arrays(calibration)
+        extra = {"calibration": calibration.describe(), "quantization": int8.to_dict()}
+    started = time.perf_counter()
+    step(f"converting to TFLite {quantize}" + (f" ({io} I/O)" if io != "float32" else ""))
+    staged = stage / tflite_name(onnx_path.stem, quantize)
+    staged.write_bytes(convert(loaded, quantize, io, arrays, int8))
+    elapsed = time.perf_counter() - started
+    return finish_artifact(staged, loaded, onnx_path, quantize, io, extra or {}, eval_set, fp32_logits), elapsed
