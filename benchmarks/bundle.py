@@ -125,6 +125,8 @@ def build_bundle(
             )
         shutil.copyfile(RUNTIME_CORE / "device_runner.py", root / "run.py")
         shutil.copyfile(RUNTIME_CORE / "kernel_coverage.py", root / "kernel_coverage.py")
+        shutil.copyfile(RUNTIME_CORE / "ceiling.py", root / "ceiling.py")
+        shutil.copytree(RUNTIME_CORE / "ceiling", root / "ceiling")
         (root / "android").mkdir()
         shutil.copyfile(RUNTIME_CORE / "android_bench.py", root / "android" / "run_android.py")
         readme = README.format(
@@ -176,7 +178,7 @@ def merge_reports(reports: list[tuple[Path, dict]]) -> dict:
     if not reports:
         raise ToolkitError("merge needs at least one report")
     seen: dict[tuple[str, str], Path] = {}
-    merged_artifacts, hosts = [], {}
+    merged_artifacts, hosts, ceilings = [], {}, {}
     for path, report in reports:
         for artifact in report["artifacts"]:
             key = (artifact["name"], artifact["device"])
@@ -185,12 +187,15 @@ def merge_reports(reports: list[tuple[Path, dict]]) -> dict:
             seen[key] = path
             merged_artifacts.append(artifact)
             hosts.setdefault(artifact["device"], report["host"])
+            if report.get("ceiling"):
+                ceilings.setdefault(artifact["device"], report["ceiling"])
     first = reports[0][1]
     merged = {
         "schema_version": device_runner.SCHEMA_VERSION,
         "host": first["host"],
         "hosts": hosts,
         "settings": {**(first.get("settings") or {}), "merged_from": [str(p) for p, _ in reports]},
+        **({"ceilings": ceilings} if ceilings else {}),
         "artifacts": merged_artifacts,
     }
     return validate_report(merged)

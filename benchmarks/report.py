@@ -93,6 +93,17 @@ ARTIFACT_SCHEMA = {
             },
         },
         "timing": {"type": "string", "description": "present when not timed, and why (e.g. an emulated CPU)"},
+        "ceiling": {
+            "type": "object",
+            "description": "per thread count: achieved GMAC/s (macs / median latency) and its share of the "
+            "report's ceiling for this runtime and precision (null without one)",
+            "propertyNames": {"pattern": "^[0-9]+$"},
+            "additionalProperties": {
+                "type": "object",
+                "required": ["gmacs", "share"],
+                "properties": {"gmacs": _NUMBER, "share": _NULLABLE_NUMBER},
+            },
+        },
         "runtime": {
             "type": "object",
             "description": "how the runtime ran it: threads; for LiteRT, xnnpack and delegate_nodes",
@@ -137,6 +148,20 @@ REPORT_SCHEMA = {
         },
         "hosts": {"type": "object", "description": "merged reports: device name -> its host facts"},
         "settings": {"type": "object"},
+        "ceiling": {
+            "type": "object",
+            "description": "the machine's measured limit: one 1x1 convolution (macs) per runtime and precision, "
+            "GMAC/s per thread count (edge_runtime/ceiling.py)",
+            "required": ["macs", "gmacs"],
+            "properties": {
+                "macs": {"type": "integer"},
+                "gmacs": {
+                    "type": "object",
+                    "additionalProperties": {"type": "object", "additionalProperties": {"type": "object"}},
+                },
+            },
+        },
+        "ceilings": {"type": "object", "description": "merged reports: device name -> its ceiling"},
         "artifacts": {"type": "array", "items": ARTIFACT_SCHEMA},
     },
 }

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.report import validate_report
-from edge_runtime import device_runner, kernel_coverage
+from edge_runtime import ceiling, device_runner, kernel_coverage
 from export import __version__, ui
 from export.artifacts import read_json, read_onnx_metadata, read_tflite_metadata, sidecar_path
 from export.errors import ToolkitError
@@ -218,6 +218,9 @@ def run(options: RunOptions) -> dict:
             entry["kernels"] = kernel_coverage.coverage(path, sample, entry.pop("layer_macs"))
             warn_if_mostly_float(entry)
             entries.append(entry)
+    ui.step("measuring this machine's ceiling (one large convolution per runtime and precision)")
+    ceiling_gmacs = ceiling.measure_ceiling(options.threads, device_runner.open_session, ceiling.runtimes_of(entries))
+    ceiling.attach_ceiling(entries, ceiling_gmacs)
     report = {
         "schema_version": device_runner.SCHEMA_VERSION,
         "tool": {"name": "googlenet-edge", "version": __version__},
@@ -230,6 +233,7 @@ def run(options: RunOptions) -> dict:
             "eval_images": len(inputs.paths) if inputs else 0,
             "reference": reference.name if reference else None,
         },
+        "ceiling": {"macs": ceiling.CEILING_MACS, "gmacs": ceiling_gmacs},
         "artifacts": entries,
     }
     return validate_report(device_runner.round_floats(report))  # type: ignore[arg-type]
@@ -280,6 +284,20 @@ def coverage_text(kernels: dict | None) -> str:
 # ---------------------------------------------------------------- the terminal table
 
 
+def speedup_text(latency: list) -> str:
+    """Thread scaling: median at the fewest threads / median at the most."""
+    return f"{latency[0] / latency[-1]:.2f}x" if latency[0] and latency[-1] else "—"
+
+
+def ceiling_text(per_threads: dict | None) -> str:
+    """`47% (18.6)`: share of this machine's ceiling at the fewest threads timed (achieved GMAC/s)."""
+    if not per_threads:
+        return "—"
+    first = per_threads[min(per_threads, key=int)]
+    share = f"{first['share']:.0%}" if first["share"] is not None else "—"
+    return f"{share} ({first['gmacs']:.1f})"
+
+
 def _drop_text(block: dict | None) -> tuple[str, str]:
     vs = (block or {}).get("vs_reference") or {}
     drop = f"{vs['top1_drop_pp']:+.2f}" if "top1_drop_pp" in vs else "—"
@@ -294,7 +312,8 @@ def report_table(report: dict):
     threads = sorted({int(t) for a in report["artifacts"] for t in a["latency_ms"]})
     devices = {a["device"] for a in report["artifacts"]}
     columns = ["artifact", *(["device"] if len(devices) > 1 else []), "precision", "size MB", "MACs", "top-1"]
-    columns += ["drop pp", "agree", "int8 MACs", *[f"ms p50 @{t}" for t in threads], "img/s", "peak MB", "act. MB"]
+    columns += ["drop pp", "agree", "int8 MACs", *[f"ms p50 @{t}" for t in threads]]
+    columns += [*([f"x @{threads[-1]}"] if len(threads) > 1 else []), "% ceiling", "img/s", "peak MB", "act. MB"]
     rows = []
     for a in report["artifacts"]:
         acc = a.get("accuracy") or {}
@@ -316,6 +335,8 @@ def report_table(report: dict):
                 agree,
                 coverage_text(a.get("kernels")),
                 *[f"{v:.1f}" if v is not None else untimed for v in latency],
+                *([speedup_text(latency)] if len(threads) > 1 else []),
+                ceiling_text(a.get("ceiling")),
                 f"{a['throughput']['images_per_s']:.1f}" if a.get("throughput") else untimed,
                 f"{a['peak_rss_mb']:.0f}" if a.get("peak_rss_mb") is not None else untimed,
                 f"{a['activation_bytes'] / 1e6:.1f}" if a.get("activation_bytes") else "—",

@@ -36,6 +36,7 @@ def _sibling(name: str):
 
 
 kernel_coverage = _sibling("kernel_coverage")
+ceiling = _sibling("ceiling")
 
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
@@ -531,7 +532,13 @@ def run_bundle(
         raise RunnerError("nothing measured: pip install ai-edge-litert (for .tflite) or onnxruntime (for .onnx)")
     settings = {"threads": [] if accuracy_only else threads, "runs": 0 if accuracy_only else runs, "warmup": warmup}
     settings.update(manifest.get("settings", {}), eval_threads=eval_threads)
-    return round_floats({"schema_version": SCHEMA_VERSION, "host": facts, "settings": settings, "artifacts": artifacts})  # type: ignore[return-value]
+    report = {"schema_version": SCHEMA_VERSION, "host": facts, "settings": settings, "artifacts": artifacts}
+    if not accuracy_only:
+        print("measuring this device's ceiling ...", file=sys.stderr, flush=True)
+        gmacs = ceiling.measure_ceiling(threads, open_session, ceiling.runtimes_of(artifacts))
+        ceiling.attach_ceiling(artifacts, gmacs)
+        report["ceiling"] = {"macs": ceiling.CEILING_MACS, "gmacs": gmacs}
+    return round_floats(report)  # type: ignore[return-value]
 
 
 def has_emulated_run(fmt: str, precision: str) -> bool:

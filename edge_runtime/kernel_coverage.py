@@ -33,6 +33,15 @@ TFLITE_COMPUTE = frozenset({"CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "
 _ORT_SUFFIX = re.compile(r"(_token_\d+)?(_kernel_time)?$")
 
 
+# export/onnx_lrn.py writes each LRN as nodes named `<lrn>/lrn_<part>` (a band convolution among them):
+# LRN's own work, not a layer's, so neither a compute op here nor multiply-adds in the counts.
+LOWERED_LRN_MARK = "/lrn_"
+
+
+def is_lowered_lrn(name: str) -> bool:
+    return LOWERED_LRN_MARK in name
+
+
 def onnx_nodes(path: str | Path, sample: np.ndarray) -> list[dict]:
     """Every node ONNX Runtime ran for one inference of `sample`, in order: name, kernel op, int8 or not."""
     import onnxruntime as ort
@@ -51,8 +60,8 @@ def onnx_nodes(path: str | Path, sample: np.ndarray) -> list[dict]:
         if event.get("cat") != "Node" or not event.get("name", "").endswith("_kernel_time"):
             continue
         op = event.get("args", {}).get("op_name", "")
-        compute = op in ORT_INT8_COMPUTE or op in ORT_FLOAT_COMPUTE
         name = _ORT_SUFFIX.sub("", event["name"])
+        compute = (op in ORT_INT8_COMPUTE or op in ORT_FLOAT_COMPUTE) and not is_lowered_lrn(name)
         nodes.append({"name": name, "op": op, "int8": op in ORT_INT8_COMPUTE, "compute": compute})
     return nodes
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import onnx
 
+from edge_runtime.kernel_coverage import is_lowered_lrn
 from export.counting import LINEAR_OPS, CountReport, LayerCount, block_of
 from export.errors import ToolkitError, one_line
 
@@ -231,7 +232,7 @@ def count_onnx(model_or_path: onnx.ModelProto | str | Path, batch: int = 1) -> C
     found: list[tuple[onnx.NodeProto, int, int, int | None]] = []
     for node in inferred.graph.node:
         spec = _layer_spec(node)
-        if spec is None:
+        if spec is None or is_lowered_lrn(node.name):  # LRN's window sum: free, like LRN
             continue
         a_index, w_index, b_index = spec
         weight_first = graph.constant_source(node.input[a_index]) is not None  # weight @ activation

@@ -18,7 +18,9 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-LOWERED_LRN = "googlenet-edge: lowered LRN"
+from edge_runtime.kernel_coverage import LOWERED_LRN_MARK, is_lowered_lrn
+
+LOWERED_LRN = "googlenet-edge: lowered LRN"  # the doc string, for readers of the graph
 
 
 class _LrnBuilder:
@@ -29,13 +31,14 @@ class _LrnBuilder:
         self.nodes: list[onnx.NodeProto] = []
 
     def const(self, part: str, value) -> str:
-        name = f"{self.base}/lrn_const_{part}"
+        name = f"{self.base}{LOWERED_LRN_MARK}const_{part}"
         self.graph.initializer.append(numpy_helper.from_array(np.asarray(value), name))
         return name
 
     def add(self, op: str, inputs: list[str], part: str) -> str:
-        out = self.output if part == "out" else f"{self.base}/lrn_{part}"
-        self.nodes.append(helper.make_node(op, inputs, [out], name=f"{self.base}/lrn_{part}", doc_string=LOWERED_LRN))
+        name = f"{self.base}{LOWERED_LRN_MARK}{part}"
+        out = self.output if part == "out" else name
+        self.nodes.append(helper.make_node(op, inputs, [out], name=name, doc_string=LOWERED_LRN))
         return out
 
 
@@ -98,4 +101,4 @@ def _channel_counts(model: onnx.ModelProto) -> dict[str, int]:
 
 def lowered_lrn_nodes(model: onnx.ModelProto) -> list[str]:
     """Names of the nodes that implement a lowered LRN (to be kept in float by the quantizer)."""
-    return [n.name for n in model.graph.node if n.doc_string == LOWERED_LRN]
+    return [n.name for n in model.graph.node if is_lowered_lrn(n.name)]

@@ -1,0 +1,94 @@
+"""How fast this machine can multiply-add at all, per runtime, precision and thread count: the ceiling an
+artifact's achieved GMAC/s is a share of.
+
+One 1x1 convolution, 256 -> 256 channels on a 28x28 map (51.4 M multiply-adds: the shape of GoogLeNet's
+inception-4 layers, big enough for each runtime's best kernel), timed through the same runtimes as the
+models: ONNX Runtime FP32 and int8 (QDQ fused into QLinearConv, with uint8 and with int8 activations: the
+faster one counts) and LiteRT FP32 and int8 with XNNPACK. The models sit in `ceiling/` beside this file
+(built by `studies/build_ceiling_models.py`), so this runs in the device bundle too: Python >= 3.9, numpy
+and the runtimes only.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+
+CEILING_MACS = 256 * 256 * 28 * 28
+CEILING_DIR = Path(__file__).resolve().parent / "ceiling"
+# (runtime, precision) -> model files; for several, the fastest counts (the kernel a host prefers)
+CEILING_MODELS = {
+    ("onnxruntime", "fp32"): ("ceiling.onnx",),
+    ("onnxruntime", "int8"): ("ceiling.u8s8.onnx", "ceiling.s8s8.onnx"),
+    ("litert", "fp32"): ("ceiling.tflite",),
+    ("litert", "int8"): ("ceiling.int8.tflite",),
+}
+
+
+# input layouts: ONNX NCHW, TFLite NHWC
+CEILING_INPUT = {".onnx": (1, 256, 28, 28), ".tflite": (1, 28, 28, 256)}
+
+
+def _runner(path: Path, threads: int, open_session):
+    session = open_session(path, threads)
+    sample = np.random.default_rng(0).uniform(-2, 2, CEILING_INPUT[path.suffix]).astype(np.float32)
+    return lambda: session(sample)
+
+
+def measure_ceiling(threads: list, open_session, runtimes: set, runs: int = 15, folder: Path = CEILING_DIR) -> dict:
+    """{runtime: {precision: {threads: GMAC/s}}} for the runtimes given; the models of one thread count are
+    timed interleaved (round-robin), so a busy machine slows them alike. `open_session(path, threads)` is
+    the device runner's (a callable batch -> output), so the ceiling runs in exactly the sessions (and the
+    XNNPACK setup) the models get."""
+    result: dict = {}
+    for count in threads:
+        runners = {}
+        for (runtime, precision), names in CEILING_MODELS.items():
+            if runtime not in runtimes:
+                continue
+            for name in names:
+                if (folder / name).exists():
+                    runners[(runtime, precision, name)] = _runner(folder / name, count, open_session)
+        times: dict = {key: [] for key in runners}
+        for run in runners.values():
+            run()  # warm-up: first-call allocations and packing
+        for _ in range(runs):
+            for key, run in runners.items():
+                started = time.perf_counter()
+                run()
+                times[key].append(time.perf_counter() - started)
+        for (runtime, precision, _name), measured in times.items():
+            gmacs = CEILING_MACS / float(np.median(measured)) / 1e9
+            slot = result.setdefault(runtime, {}).setdefault(precision, {})
+            slot[str(count)] = round(max(gmacs, slot.get(str(count), 0.0)), 2)
+    return result
+
+
+def ceiling_share(macs: int, median_ms: float, ceiling: dict, runtime: str, precision: str, threads):
+    """(achieved GMAC/s, share of the ceiling) for one timed artifact, or (GMAC/s, None) without a ceiling."""
+    achieved = macs / (median_ms / 1000) / 1e9
+    peak = ceiling.get(runtime, {}).get(precision, {}).get(str(threads))
+    return round(achieved, 2), (round(achieved / peak, 3) if peak else None)
+
+
+RUNTIME_OF_FORMAT = {"onnx": "onnxruntime", "tflite": "litert"}
+
+
+def attach_ceiling(entries: list, ceiling: dict) -> None:
+    """Give each timed report entry `ceiling` = {threads: {gmacs, share}}: its achieved GMAC/s (MACs per
+    image / median latency) and that as a share of this machine's ceiling for its runtime and precision."""
+    for entry in entries:
+        if not entry.get("macs") or not entry.get("latency_ms"):
+            continue
+        runtime = RUNTIME_OF_FORMAT.get(entry["format"], "")
+        per_threads = {}
+        for threads, stats in entry["latency_ms"].items():
+            gmacs, share = ceiling_share(entry["macs"], stats["median"], ceiling, runtime, entry["precision"], threads)
+            per_threads[threads] = {"gmacs": gmacs, "share": share}
+        entry["ceiling"] = per_threads
+
+
+def runtimes_of(entries: list) -> set:
+    return {RUNTIME_OF_FORMAT[e["format"]] for e in entries if e["format"] in RUNTIME_OF_FORMAT}
