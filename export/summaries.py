@@ -52,6 +52,13 @@ def summarize_onnx_int8(info: dict, timings: dict[str, float], target: str, cali
         ),
         ("time", f"quantize {timings.get('quantize_s', 0):.1f} s, drift {timings.get('drift_s', 0):.1f} s"),
     ]
+    kernels = info.get("kernels")
+    if kernels:
+        share = kernels.get("int8_mac_share")
+        ops = f"{kernels['int8_compute_ops']}/{kernels['compute_ops']} compute ops"
+        rows.append(("int8 kernels on this host", f"{share:.0%} of MACs ({ops})" if share is not None else ops))
+        if share is not None and share < 0.5:
+            ui.warn(f"on this host only {share:.0%} of the int8 model's MACs run in int8 kernels (--target {target})")
     if calib.get("skipped_non_images"):
         rows.append(("skipped non-image files", str(calib["skipped_non_images"])))
     for entry in calib.get("unreadable", []):

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
+from edge_runtime import kernel_coverage
 from edge_runtime.device_runner import file_sha256
 from edge_runtime.hostinfo import host_facts, int8_host_caveat
 from edge_runtime.sessions import throughput_runner
@@ -27,6 +28,7 @@ from export.artifacts import (
 )
 from export.errors import ToolkitError, one_line
 from export.evaluation import EvalSet, measure_drift, predict, round_floats
+from export.inspect_onnx import count_file
 from export.onnx_lrn import lowered_lrn_nodes
 from export.ui import progress, step
 from quantize.calibration import CalibrationSource, OrtCalibrationReader
@@ -284,6 +286,11 @@ def quantize_onnx(
             drift = drift_report(fp32_path, staged, eval_set, fp32_logits, stage)
             drift["eval"]["dataset"] = eval_set_description(eval_set)
             timings["drift_s"] = time.perf_counter() - started
+        # what this host's ONNX Runtime really runs in int8 (the drift's "host" row runs exactly that)
+        sample = eval_set.inputs[:1] if eval_set is not None and len(eval_set) else next(iter(source.batches()))[:1]
+        kernels = kernel_coverage.coverage(
+            staged, sample, [[layer.name, layer.macs] for layer in count_file(staged).layers]
+        )
 
         info = round_floats(
             {
@@ -298,6 +305,7 @@ def quantize_onnx(
                 },
                 "calibration": calibration,
                 "drift": drift,
+                "kernels": kernels,
                 "host": host_facts(),
             }
         )

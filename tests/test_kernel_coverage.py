@@ -82,6 +82,9 @@ def test_uint8_activation_model_runs_every_convolution_int8_on_x86(
     options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
     ort.InferenceSession(str(out), options, providers=["CPUExecutionProvider"])
     assert eight_bit_max_pools(tmp_path / "optimized.onnx") == []
+    # the int8 sidecar says the same: what this host's ONNX Runtime ran in int8, measured at export time
+    recorded = __import__("json").loads(out.with_name(out.name + ".json").read_text())["kernels"]
+    assert (recorded["int8_compute_ops"], recorded["compute_ops"], recorded["int8_mac_share"]) == (58, 58, 1.0)
 
 
 def test_int8_tflite_coverage_names_the_float_stem_and_xnnpack(bench_artifacts: dict) -> None:
