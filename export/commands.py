@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 
 from export.errors import ToolkitError
+from export.formats import OPTIONS, QUANTIZE_OPTIONS, option_default
 from export.onnx_export import DEFAULT_OPSET, check_opset
 from export.pipeline import check_paths, export_model
 
@@ -38,12 +39,7 @@ def _check_quantize_options(args: argparse.Namespace) -> None:
     given = [
         flag
         for flag, value, default in (
-            ("--calib", args.calib, None),
-            ("--calib-size", args.calib_size, 200),
-            ("--calibration", args.calibration, None),
-            ("--target", args.target, "arm64"),
-            ("--exclude", args.exclude, []),
-            ("--int8-recipe", args.int8_recipe, "toolkit"),
+            (OPTIONS[key].flags[0], getattr(args, key), option_default(key)) for key in QUANTIZE_OPTIONS
         )
         if value != default
     ]
@@ -71,9 +67,9 @@ def run_onnx(args: argparse.Namespace) -> int:
 def run_tflite(args: argparse.Namespace) -> int:
     if args.io != "float32" and args.quantize != "int8":
         raise ToolkitError(f"--io {args.io} needs --quantize int8")
-    if args.quantize != "int8" and (args.calib is not None or args.calib_size != 200):
+    if args.quantize != "int8" and (args.calib is not None or args.calib_size != option_default("calib_size")):
         raise ToolkitError("--calib and --calib-size only apply with --quantize int8")
-    if args.quantize != "int8" and args.int8_recipe != "toolkit":
+    if args.quantize != "int8" and args.int8_recipe != option_default("int8_recipe"):
         raise ToolkitError("--int8-recipe only applies with --quantize int8")
     export_model("tflite", **_common(args), io=args.io)
     return 0

@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from export import paths
-from quantize.recipes import CLI_RECIPES
+from quantize.presets import CALIBRATION_METHODS, DEFAULT_CALIB_SIZE, DEFAULT_TARGET, HOST_TARGET, PRESETS
+from quantize.recipes import CLI_RECIPES, DEFAULT_RECIPE
 
 
 def positive_int(text: str) -> int:
@@ -90,18 +91,23 @@ OPTIONS: dict[str, Option] = {
     ),
     "calib_size": Option(
         ("--calib-size",),
-        {"type": int, "default": 200, "metavar": "N", "help": "calibration images drawn from --calib (default 200)"},
+        {
+            "type": int,
+            "default": DEFAULT_CALIB_SIZE,
+            "metavar": "N",
+            "help": f"calibration images drawn from --calib (default {DEFAULT_CALIB_SIZE})",
+        },
     ),
     "calibration": Option(
         ("--calibration",),
-        {"choices": ("minmax", "entropy", "percentile"), "default": None, "help": "range estimator"},
+        {"choices": CALIBRATION_METHODS, "default": None, "help": "range estimator"},
     ),
     "target": Option(
         ("--target",),
         {
-            "choices": ("arm64", "x86-avx2", "x86-vnni", "host"),
-            "default": "arm64",
-            "help": "int8 kernel target (default arm64; host: this machine's, by its ISA)",
+            "choices": (*PRESETS, HOST_TARGET),
+            "default": DEFAULT_TARGET,
+            "help": f"int8 kernel target (default {DEFAULT_TARGET}; {HOST_TARGET}: this machine's, by its ISA)",
         },
     ),
     "exclude": Option(
@@ -120,14 +126,19 @@ OPTIONS: dict[str, Option] = {
         ("--int8-recipe",),
         {
             "choices": CLI_RECIPES,
-            "default": "toolkit",
+            "default": DEFAULT_RECIPE,
             "help": "toolkit (default; TFLite: float stem, bias correction, MEAN pool); plain: the converter/ORT "
-            "alone; learned: + GPTQ weight rounding and float stem, slower (see README)",
+            "alone; learned: + GPTQ weight rounding and float stem, slower (docs/quantization-studies.md)",
         },
     ),
 }
 
 QUANTIZE_OPTIONS = ("calib", "calib_size", "calibration", "target", "exclude", "int8_recipe")
+
+
+def option_default(key: str) -> Any:
+    """The CLI default of option `key` (declared once, in `OPTIONS`)."""
+    return OPTIONS[key].kwargs.get("default")
 
 
 @dataclass(frozen=True)

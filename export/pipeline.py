@@ -26,7 +26,9 @@ from export.paths import DEFAULT_OUT
 from export.preprocess import Preprocess
 from export.summaries import summarize_onnx, summarize_onnx_int8, summarize_tflite
 from export.weights import LoadedModel, RandomInitWarning, load_model
-from quantize.calibration import DEFAULT_CALIB_SIZE, CalibrationSource, FolderSource, calibration_source
+from quantize.calibration import CalibrationSource, FolderSource, calibration_source
+from quantize.presets import DEFAULT_CALIB_SIZE, DEFAULT_TARGET
+from quantize.recipes import DEFAULT_RECIPE
 
 if TYPE_CHECKING:  # heavy (onnxruntime's quantizer, TensorFlow): imported when the format needs them
     from export.tflite_export import TfliteExportResult
@@ -61,8 +63,8 @@ class ExportRequest:
     quantize: str | None = None
     calibration: CalibrationSource | Path | None = None
     calib_size: int = DEFAULT_CALIB_SIZE
-    int8_recipe: str = "toolkit"
-    target: str = "arm64"  # ONNX only, like the four below
+    int8_recipe: str = DEFAULT_RECIPE
+    target: str = DEFAULT_TARGET  # ONNX only, like the four below
     exclude: tuple[str, ...] = ()
     calibration_method: str | None = None  # ORT's calibration (default: the target preset's)
     opset: int | None = None

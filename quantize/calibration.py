@@ -22,8 +22,7 @@ from export.images import list_images, load_image, preprocess_paths
 from export.preprocess import Preprocess
 from export.sample_images import builtin_photos
 from export.ui import progress
-
-DEFAULT_CALIB_SIZE = 200
+from quantize.presets import DEFAULT_CALIB_SIZE
 
 
 @runtime_checkable

@@ -10,8 +10,9 @@ from export.errors import ToolkitError
 
 CalibrationName = Literal["minmax", "entropy", "percentile"]
 CALIBRATION_METHODS: tuple[str, ...] = ("minmax", "entropy", "percentile")
-# Measured on BVLC weights and 400 held-out ImageNet photos (see README): the best here.
+# Measured on BVLC weights and 400 held-out ImageNet photos (docs/quantization-studies.md): the best here.
 DEFAULT_CALIBRATION = "minmax"
+DEFAULT_CALIB_SIZE = 200  # calibration images drawn when the user gives none
 
 
 @dataclass(frozen=True)

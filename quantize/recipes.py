@@ -8,9 +8,11 @@
 from __future__ import annotations
 
 from export.errors import ToolkitError
+from quantize.presets import DEFAULT_TARGET
 
 BACKENDS = ("onnx", "tflite")
 CLI_RECIPES = ("toolkit", "plain", "learned")  # defined for both backends
+DEFAULT_RECIPE = "toolkit"
 
 
 def names(backend: str) -> tuple[str, ...]:
@@ -20,7 +22,7 @@ def names(backend: str) -> tuple[str, ...]:
     return tuple({"onnx": ONNX, "tflite": TFLITE}[backend])
 
 
-def recipe(backend: str, name: str, target: str = "arm64", exclude: tuple[str, ...] = (), **overrides):
+def recipe(backend: str, name: str, target: str = DEFAULT_TARGET, exclude: tuple[str, ...] = (), **overrides):
     """The settings of recipe `name` for `backend` (ONNX: on top of target preset `target`)."""
     if backend == "onnx":
         from quantize.presets import preset, recipe_overrides
