@@ -55,10 +55,16 @@ def warn(message: str) -> None:
 
 def table(title: str, columns: Sequence[str], rows: Iterable[Sequence[object]]) -> Table:
     result = Table(title=title, title_justify="left")
+    cells = [[str(v) for v in row] for row in rows]
+    # the first column names the row (an artifact, a layer): never cut, the figures wrap instead
+    first = max([len(columns[0]), *(len(row[0]) for row in cells)]) if columns else 0
     for index, column in enumerate(columns):
-        result.add_column(column, justify="left" if index == 0 else "right")
-    for row in rows:
-        result.add_row(*(str(v) for v in row))
+        if index == 0:
+            result.add_column(column, justify="left", no_wrap=True, min_width=first)
+        else:
+            result.add_column(column, justify="right")
+    for row in cells:
+        result.add_row(*row)
     return result
 
 

@@ -75,7 +75,8 @@ def test_int8_models_use_less_memory_than_fp32(bench_report: dict) -> None:
     for fp32, int8 in pairs:
         assert arts[int8]["peak_rss_mb"] < arts[fp32]["peak_rss_mb"], (fp32, int8)
         assert arts[int8]["size_bytes"] < 0.3 * arts[fp32]["size_bytes"]
-    assert arts["googlenet.int8.onnx"]["activation_bytes"] < arts["googlenet.onnx"]["activation_bytes"]
+    # Both peaks sit at the second LRN's band convolution (export/onnx_lrn.py), which int8 runs in float: equal
+    assert arts["googlenet.int8.onnx"]["activation_bytes"] <= arts["googlenet.onnx"]["activation_bytes"]
     if "googlenet.int8.tflite" in arts:  # the peak sits at LRN, which int8 TFLite runs in float: equal
         assert arts["googlenet.int8.tflite"]["activation_bytes"] <= arts["googlenet.tflite"]["activation_bytes"]
 
