@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import platform
 from pathlib import Path
 
 import numpy as np
@@ -34,7 +35,7 @@ from quantize import (
     calibration_source,
     preset,
 )
-from quantize.presets import CALIBRATION_METHODS, DEFAULT_CALIBRATION, DEFAULT_TARGET
+from quantize.presets import CALIBRATION_METHODS, DEFAULT_CALIBRATION, DEFAULT_TARGET, HOST_TARGET
 
 PRE = BVLC_PREPROCESS
 INPUT_SHAPE = PRE.input_shape  # (3, 224, 224)
@@ -509,7 +510,9 @@ def test_x86_vnni_preset() -> None:
 
 def test_presets_by_name_and_overrides() -> None:
     assert set(PRESETS) == {"arm64", "x86-avx2", "x86-vnni"}
-    assert set(PRESETS) == set(OPTIONS["target"].kwargs["choices"])  # the CLI offers exactly these
+    assert (*PRESETS, HOST_TARGET) == OPTIONS["target"].kwargs["choices"]  # the CLI offers exactly these
+    expected_host = "arm64" if platform.machine() in ("aarch64", "arm64") else ("x86-vnni", "x86-avx2")
+    assert preset(HOST_TARGET).target in expected_host  # `--target host`: a real preset, chosen by the ISA
     assert set(CALIBRATION_METHODS) == set(OPTIONS["calibration"].kwargs["choices"])
     assert DEFAULT_TARGET == OPTIONS["target"].kwargs["default"] == "arm64"
     assert DEFAULT_CALIBRATION in CALIBRATION_METHODS
