@@ -38,31 +38,34 @@ def _runner(path: Path, threads: int, open_session):
 
 
 def measure_ceiling(threads: list, open_session, runtimes: set, runs: int = 15, folder: Path = CEILING_DIR) -> dict:
-    """{runtime: {precision: {threads: GMAC/s}}} for the runtimes given; the models of one thread count are
-    timed interleaved (round-robin), so a busy machine slows them alike. `open_session(path, threads)` is
-    the device runner's (a callable batch -> output), so the ceiling runs in exactly the sessions (and the
-    XNNPACK setup) the models get."""
+    """{runtime: {precision: {threads: GMAC/s}}} for the runtimes given. One runtime at a time (ONNX Runtime's
+    idle workers spin after each run and would steal a core from LiteRT), its models timed interleaved
+    (round-robin), so a busy machine slows them alike. `open_session(path, threads)` is the device runner's (a
+    callable batch -> output), so the ceiling runs in exactly the sessions (and XNNPACK setup) models get."""
     result: dict = {}
     for count in threads:
-        runners = {}
-        for (runtime, precision), names in CEILING_MODELS.items():
-            if runtime not in runtimes:
-                continue
-            for name in names:
-                if (folder / name).exists():
-                    runners[(runtime, precision, name)] = _runner(folder / name, count, open_session)
-        times: dict = {key: [] for key in runners}
-        for run in runners.values():
-            run()  # warm-up: first-call allocations and packing
-        for _ in range(runs):
-            for key, run in runners.items():
-                started = time.perf_counter()
-                run()
-                times[key].append(time.perf_counter() - started)
-        for (runtime, precision, _name), measured in times.items():
-            gmacs = CEILING_MACS / float(np.median(measured)) / 1e9
-            slot = result.setdefault(runtime, {}).setdefault(precision, {})
-            slot[str(count)] = round(max(gmacs, slot.get(str(count), 0.0)), 2)
+        for runtime in sorted(runtimes, reverse=True):  # onnxruntime, then litert
+            runners = {
+                (precision, name): _runner(folder / name, count, open_session)
+                for (owner, precision), names in CEILING_MODELS.items()
+                if owner == runtime
+                for name in names
+                if (folder / name).exists()
+            }
+            times: dict = {key: [] for key in runners}
+            for _ in range(3):  # warm-up: first-call allocations, weight packing, the previous runtime's leftovers
+                for run in runners.values():
+                    run()
+            for _ in range(runs):
+                for key, run in runners.items():
+                    started = time.perf_counter()
+                    run()
+                    times[key].append(time.perf_counter() - started)
+            for (precision, _name), measured in times.items():
+                gmacs = CEILING_MACS / float(np.median(measured)) / 1e9
+                slot = result.setdefault(runtime, {}).setdefault(precision, {})
+                slot[str(count)] = round(max(gmacs, slot.get(str(count), 0.0)), 2)
+            del runners
     return result
 
 
