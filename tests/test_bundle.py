@@ -97,9 +97,10 @@ def test_bundle_holds_models_inputs_runner_and_manifest(bundle: Path, tmp_path: 
         assert model["macs"] > 1.5e9 and model["activation_bytes"] > 0
     assert set(manifest["files"]) >= {"run.py", "README.md", "labels.npy", "reference_outputs.npy"}
     assert "android/run_android.py" in manifest["files"]
+    assert {"ceiling.py", "ceiling/ceiling.onnx", "ceiling/ceiling.int8.tflite"} <= set(manifest["files"])
     readme = (root / "README.md").read_text()
     assert "tar xf googlenet-bench.tar.gz" in readme and "python3 googlenet-bench/run.py" in readme
-    for standalone in ("run.py", "kernel_coverage.py"):
+    for standalone in ("run.py", "kernel_coverage.py", "ceiling.py"):
         text = (root / standalone).read_text()
         assert "from export" not in text and "import torch" not in text and "from benchmarks" not in text
 
@@ -138,6 +139,16 @@ def test_device_results_equal_the_host_benchmark(device_results: Path, host_repo
         assert artifact["peak_rss_mb"] > 0
         assert artifact["kernels"] == expected["kernels"], artifact["name"]  # same CPU, same kernels
     assert device["host"]["cores"] >= 1 and "onnxruntime" in device["host"]["runtimes"]
+    # the device measured its own ceiling, through the same runtimes, and every timed model's share of it
+    for report in (device, host):
+        ceiling = report["ceiling"]["gmacs"]
+        formats = {artifact["format"] for artifact in report["artifacts"]}
+        assert set(ceiling) == {{"onnx": "onnxruntime", "tflite": "litert"}[f] for f in formats}
+        assert all(ceiling[runtime]["int8"]["1"] > ceiling[runtime]["fp32"]["1"] / 4 > 0 for runtime in ceiling)
+        for artifact in report["artifacts"]:
+            achieved = artifact["macs"] / (artifact["latency_ms"]["1"]["median"] / 1000) / 1e9
+            assert artifact["ceiling"]["1"]["gmacs"] == pytest.approx(achieved, rel=0.01)
+            assert artifact["ceiling"]["1"]["share"] > 0
 
 
 def test_merge_puts_host_and_device_side_by_side(
