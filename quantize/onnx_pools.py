@@ -21,13 +21,39 @@ from onnx import numpy_helper
 def _same_quantization(model: onnx.ModelProto, first: onnx.NodeProto, second: onnx.NodeProto) -> bool:
     constants = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
     for a, b in zip(first.input[1:], second.input[1:], strict=False):
-        if a not in constants or b not in constants or not np.array_equal(constants[a], constants[b]):
+        same = a in constants and b in constants and np.array_equal(constants[a], constants[b])
+        if not same or constants[a].dtype != constants[b].dtype:  # int8 and uint8 zero points 0: not the same grid
             return False
     return len(first.input) == len(second.input)
 
 
+def _requantize_pool_outputs(model: onnx.ModelProto) -> None:
+    """Give a MaxPool that reads `DQ(Q(x))` but feeds float ops (e.g. a convolution the user kept in float) a Q/DQ
+    pair on its output with its input's grid. Exact (the max of grid values is a grid value), and it spares
+    ONNX Runtime a DQ propagation through the pool that builds an invalid QuantizeLinear (int8 output, uint8 zero
+    point: the session does not load)."""
+    producer = {out: node for node in model.graph.node for out in node.output}
+    graph_outputs = {o.name for o in model.graph.output}
+    for index, pool in reversed(list(enumerate(model.graph.node))):
+        dq = producer.get(pool.input[0]) if pool.op_type == "MaxPool" else None
+        if dq is None or dq.op_type != "DequantizeLinear" or pool.output[0] in graph_outputs:
+            continue
+        readers = [n for n in model.graph.node if pool.output[0] in n.input]
+        if not readers or any(n.op_type == "QuantizeLinear" for n in readers):
+            continue
+        grid = list(dq.input[1:])
+        quantized, restored = f"{pool.output[0]}_requantized", f"{pool.output[0]}_on_grid"
+        q = onnx.helper.make_node("QuantizeLinear", [pool.output[0], *grid], [quantized], name=f"{pool.name}_q_out")
+        back = onnx.helper.make_node("DequantizeLinear", [quantized, *grid], [restored], name=f"{pool.name}_dq_out")
+        for reader in readers:
+            reader.input[:] = [restored if name == pool.output[0] else name for name in reader.input]
+        model.graph.node.insert(index + 1, back)
+        model.graph.node.insert(index + 1, q)
+
+
 def keep_max_pools_float(model: onnx.ModelProto) -> list[str]:
     """Rewire in place every MaxPool fed by `DQ(Q(float max pool))` to read that float pool; returns their names."""
+    _requantize_pool_outputs(model)
     rewired: list[str] = []
     while True:
         producer = {out: node for node in model.graph.node for out in node.output}

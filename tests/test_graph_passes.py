@@ -127,3 +127,23 @@ def test_pools_pass_refuses_when_the_requantization_differs() -> None:
     before = model.SerializeToString()
     assert keep_max_pools_float(model) == []
     assert model.SerializeToString() == before
+
+
+def test_a_pool_feeding_a_float_op_gets_its_input_grid_and_stays_exact(tmp_path: Path) -> None:
+    """pool_b -> a convolution kept in float (no Q between): the pass puts pool_b's output back on its input's
+    grid (exact) so that it can read the float pool like the others, and ONNX Runtime loads the result."""
+    model = _qdq_pools_model()
+    graph = model.graph
+    for node in list(graph.node):
+        if node.name in ("b_q", "b_dq"):
+            graph.node.remove(node)
+    next(n for n in graph.node if n.name == "conv_b").input[0] = "b"
+    x = np.random.default_rng(2).uniform(0, 400, (1, 8, 24, 24)).astype(np.float32)
+    unoptimized = ort.SessionOptions()
+    unoptimized.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    before = ort.InferenceSession(model.SerializeToString(), unoptimized).run(None, {"x": x})[0]
+    assert keep_max_pools_float(model) == ["pool_b"]
+    onnx.checker.check_model(model, full_check=True)
+    after = ort.InferenceSession(model.SerializeToString(), unoptimized).run(None, {"x": x})[0]
+    np.testing.assert_array_equal(after, before)
+    np.testing.assert_allclose(_run(model, {"x": x}), before, rtol=1e-5, atol=1e-4)  # optimized: loads, same
