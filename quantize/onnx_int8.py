@@ -29,7 +29,7 @@ from export.artifacts import (
 from export.errors import ToolkitError, one_line
 from export.evaluation import EvalSet, measure_drift, predict, round_floats
 from export.inspect_onnx import count_file
-from export.onnx_lrn import compact_lrn_bands, lowered_lrn_nodes
+from export.onnx_lrn import compact_lrn_bands, lowered_lrn_nodes, share_lrn_inputs
 from export.ui import progress, step
 from quantize.calibration import CalibrationSource, OrtCalibrationReader
 from quantize.drift import layer_errors
@@ -278,6 +278,7 @@ def quantize_onnx(
         quantized = onnx.load(str(staged))
         float_pools = keep_max_pools_float(quantized)
         compact_lrn_bands(quantized)  # quant_pre_process folded them into C x C floats: +164 KB
+        share_lrn_inputs(quantized)
         onnx.save(quantized, str(staged))
         timings["quantize_s"] = time.perf_counter() - started
 
