@@ -33,7 +33,8 @@ TFLITE_COMPUTE = frozenset({"CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "
 _ORT_SUFFIX = re.compile(r"(_token_\d+)?(_kernel_time)?$")
 
 
-# export/onnx_lrn.py writes each LRN as nodes named `<lrn>/lrn_<part>` (a band convolution among them):
+# export/onnx_lrn.py and export/tflite_graph.py write each LRN as ops named `<lrn>/lrn_<part>` (a band convolution
+# among them):
 # LRN's own work, not a layer's, so neither a compute op here nor multiply-adds in the counts.
 LOWERED_LRN_MARK = "/lrn_"
 
@@ -86,7 +87,9 @@ def tflite_nodes(interpreter) -> list[dict]:
     for d in original:
         first_input = next((int(t) for t in d["inputs"] if int(t) >= 0), None)
         dtype = interpreter._get_tensor_details(first_input, 0)["dtype"] if first_input is not None else np.float32
-        nodes.append({"name": str(d["index"]), "op": d["op_name"], "compute": d["op_name"] in TFLITE_COMPUTE,
+        outputs = [interpreter._get_tensor_details(int(t), 0)["name"] for t in d["outputs"] if int(t) >= 0]
+        compute = d["op_name"] in TFLITE_COMPUTE and not any(is_lowered_lrn(name) for name in outputs)
+        nodes.append({"name": str(d["index"]), "op": d["op_name"], "compute": compute,
                       "int8": np.dtype(dtype) in (np.dtype(np.int8), np.dtype(np.uint8)),
                       "delegated": d["index"] in delegated})  # fmt: skip
     return nodes

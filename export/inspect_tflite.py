@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+from edge_runtime.kernel_coverage import is_lowered_lrn
 from export.counting import CountReport, LayerCount, block_of
 from export.errors import ToolkitError, one_line
 
@@ -210,7 +211,7 @@ def _googlenet_names(g: TfliteGraph, layers: list[int]) -> dict[int, str] | None
     ):
         return None
     # The reference model keeps the paper's LRNs; the torchvision variant (no LRN) calls its reduce conv2.
-    lrn = "LOCAL_RESPONSE_NORMALIZATION" in g.ops
+    lrn = "LOCAL_RESPONSE_NORMALIZATION" in g.ops or any(is_lowered_lrn(g.name(t)) for t in range(len(g.tensors)))
     stem = ("conv1.conv", "conv2_reduce.conv", "conv2.conv") if lrn else ("conv1.conv", "conv2.conv", "conv3.conv")
     names.update(zip(rest, (*stem, "fc"), strict=True))
     return names
@@ -226,14 +227,18 @@ def count_tflite(path: str | Path) -> CountReport:
     """Count CONV_2D, DEPTHWISE_CONV_2D, CONV_3D, TRANSPOSE_CONV, FULLY_CONNECTED and BATCH_MATMUL of a .tflite.
 
     Same rules as `count_onnx`: MACs per image (the first input's leading dim is the batch), pooling, LRN
-    and activations free; parameters are the elements of the constant weight and bias tensors whatever
-    their dtype (fp32, fp16 behind a DEQUANTIZE, int8 with int32 biases), each counted once. A GoogLeNet
-    graph gets the torch module paths as layer names, so it compares row by row with `count_torch` and
-    the ONNX export; any other graph keeps TF's tensor names. Only the main subgraph is counted.
+    (its lowered band convolution included) and activations free; parameters are the elements of the constant
+    weight and bias tensors whatever their dtype (fp32, fp16 behind a DEQUANTIZE, int8 with int32 biases), each
+    counted once. A GoogLeNet graph gets the torch module paths as layer names, so it compares row by row with
+    `count_torch` and the ONNX export; any other graph keeps TF's tensor names. Only the main subgraph is counted.
     """
     g = TfliteGraph(path)
     images = g.shape(g.inputs[0])[0] if g.inputs and len(g.shape(g.inputs[0])) >= 2 else 1
-    found = [(i, _TFLITE_LAYERS[op]) for i, op in enumerate(g.ops) if op in _TFLITE_LAYERS]
+    found = [
+        (i, _TFLITE_LAYERS[op])
+        for i, op in enumerate(g.ops)
+        if op in _TFLITE_LAYERS and not any(is_lowered_lrn(g.name(int(t))) for t in g.operators[i].outputs)
+    ]
     names = _googlenet_names(g, [i for i, _ in found]) or {}
     counted: set[int] = set()
     layers: list[LayerCount] = []

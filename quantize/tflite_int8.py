@@ -27,6 +27,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from edge_runtime.kernel_coverage import is_lowered_lrn
 from export.errors import ToolkitError
 
 INT8_WEIGHT_MAX = 127  # TFLite int8 weights: symmetric, per output channel, in [-127, 127]
@@ -132,6 +133,17 @@ def stem_tensor_names(flatbuffer: bytes) -> list[str]:
     raise ToolkitError("no max pool in the calibrated model: cannot find the stem to keep in float")
 
 
+def lowered_lrn_tensor_names(flatbuffer: bytes) -> list[str]:
+    """Output tensor names of the ops of each lowered LRN (`export.tflite_graph`): LRN stays float in int8, as
+    its builtin did (no integer LRN kernel anywhere; quantizing x^2 alone would cost its small values)."""
+    ops = list(_ops(flatbuffer))
+    if not ops:
+        return []
+    graph = ops[0][0].subgraphs[0]
+    names = [graph.tensors[t].name.decode() for _, op, _ in ops for t in op.outputs]
+    return [name for name in names if is_lowered_lrn(name)]
+
+
 def _ops(flatbuffer: bytes):
     from ai_edge_litert.tools import flatbuffer_utils
 
@@ -210,14 +222,15 @@ def quantize(converter, calibration: np.ndarray, io: str, config: TfliteInt8Conf
 
     converter.optimizations = [tf.lite.Optimize.DEFAULT]
     converter.representative_dataset = lambda: ([image[None]] for image in calibration)
-    # Everything int8 except LRN, which has no integer kernel, and the stem, kept in float on purpose (see above).
+    # Everything int8 except LRN (no integer kernel; lowered, on the denylist) and the stem, float on purpose.
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8, tf.lite.OpsSet.TFLITE_BUILTINS]
     io_type = {"float32": tf.float32, "int8": tf.int8, "uint8": tf.uint8}[io]
     converter._experimental_calibrate_only = True  # the step tf.lite QuantizationDebugger also takes
     with warnings.catch_warnings():  # "Statistics for quantized inputs were expected ...; continuing anyway."
         warnings.filterwarnings("ignore", message="Statistics for quantized inputs", category=UserWarning)
         calibrated = converter.convert()
-    denylist = stem_tensor_names(calibrated) if config.float_stem else []
+    denylist = lowered_lrn_tensor_names(calibrated)
+    denylist += stem_tensor_names(calibrated) if config.float_stem else []
     if config.float_logits:
         denylist += classifier_tensor_names(calibrated)
     quantized = tflite_convert.mlir_quantize(

@@ -92,7 +92,8 @@ def test_int8_drift_and_size(tflite_run) -> None:
     assert litert["top1_drop_pp"] <= 0.5
     # plain TFLite int8 gives 97.5% here (docs/quantization-studies.md)
     assert litert["fidelity"]["top1_agreement"] >= 0.98
-    assert info["size_ratio"] <= 0.26
+    # 26.1%: int8 weights, the float stem's fp16 conv1 and the lowered LRNs' fp16 band weights (82 KB)
+    assert info["size_ratio"] <= 0.265
     assert info["calibration"]["images"] == 100
     recipe = info["quantization"]
     assert (recipe["float_stem"], recipe["bias_correction"], recipe["global_mean"]) == (True, True, True)
@@ -124,14 +125,13 @@ def test_int8_keeps_only_the_stem_and_lrn_in_float(tflite_run) -> None:
     out, _ = tflite_run
     ops = tflite_op_histogram(out / "googlenet.int8.tflite")
     float_compute = {op: n for op, n in ops.items() if op.endswith("[FLOAT32]")}
-    assert float_compute == {
-        "PAD[FLOAT32]": 1,
-        "CONV_2D[FLOAT32]": 1,
-        "MAX_POOL_2D[FLOAT32]": 1,
-        "LOCAL_RESPONSE_NORMALIZATION[FLOAT32]": 2,
-    }
+    # The stem (pad, conv1, pool1) and the two lowered LRNs (a band convolution each, then elementwise ops)
+    stem = {"PAD[FLOAT32]": 1, "MAX_POOL_2D[FLOAT32]": 1}
+    assert {op: float_compute.pop(op, 0) for op in stem} == stem
+    assert float_compute.pop("CONV_2D[FLOAT32]") == 1 + 2
+    assert set(float_compute) <= {f"{op}[FLOAT32]" for op in ("MUL", "ADD", "SQRT", "RSQRT", "DIV")}, float_compute
     assert ops["CONV_2D[INT8]"] == 56 and ops["FULLY_CONNECTED[INT8]"] == 1
-    assert ops["DEQUANTIZE[FLOAT16->FLOAT32]"] == 1  # conv1's kernel, stored as float16
+    assert ops["DEQUANTIZE[FLOAT16->FLOAT32]"] == 3  # conv1's and the two LRN bands' kernels, stored as float16
     assert ops["MEAN[INT8]"] == 1 and not any(op.startswith("AVERAGE_POOL_2D") for op in ops)
     assert json.loads((out / "googlenet.int8.tflite.json").read_text())["ops"] == ops
 

@@ -81,11 +81,12 @@ def test_weights_are_counted_in_their_stored_dtype(googlenet_tflite: dict[str, P
     from edge_runtime.sessions import tflite_op_histogram
 
     int8_ops = tflite_op_histogram(googlenet_tflite["int8"])
-    assert int8_ops["CONV_2D[INT8]"] == 56  # conv1 is the float stem, its kernel stored as float16:
-    assert int8_ops["CONV_2D[FLOAT32]"] == 1 and int8_ops["DEQUANTIZE[FLOAT16->FLOAT32]"] == 1
+    # conv1 is the float stem, its kernel stored as float16, as are the lowered LRNs' band kernels (not layers):
+    assert int8_ops["CONV_2D[INT8]"] == 56
+    assert int8_ops["CONV_2D[FLOAT32]"] == 1 + 2 and int8_ops["DEQUANTIZE[FLOAT16->FLOAT32]"] == 1 + 2
     assert count_file(googlenet_tflite["int8"]).params == REFERENCE_PARAMS
     fp16_ops = tflite_op_histogram(googlenet_tflite["fp16"])
-    assert fp16_ops["DEQUANTIZE[FLOAT16->FLOAT32]"] == 2 * 58  # every weight and bias
+    assert fp16_ops["DEQUANTIZE[FLOAT16->FLOAT32]"] == 2 * (58 + 2)  # every weight and bias, the LRN bands too
     assert count_file(googlenet_tflite["fp16"]).params == REFERENCE_PARAMS
 
 
