@@ -169,8 +169,32 @@ def share_lrn_inputs(model: onnx.ModelProto) -> int:
                 user.input[:] = [kept.output[0] if name == other.output[0] else name for name in user.input]
             model.graph.node.remove(other)
             dropped += 1
+    _read_lrn_inputs_once(model)
     _order_lrn_tails(model)
     return dropped
+
+
+def _read_lrn_inputs_once(model: onnx.ModelProto) -> None:
+    """A Relu between an LRN's input DequantizeLinear and its readers, where the DequantizeLinear's zero point is
+    the bottom of its type (every value >= 0, so the Relu is exact): ONNX Runtime gives a DequantizeLinear one
+    copy per reading edge at load (three for x*x and x/root), 0.15 ms each on the second LRN's 2.4 MB at 2
+    threads; behind a float op it computes the tensor once (measured: 0.68 -> 0.19 ms of DequantizeLinear)."""
+
+    constants = {init.name: init for init in model.graph.initializer}
+    nodes = list(model.graph.node)
+    for dq in [n for n in nodes if n.op_type == "DequantizeLinear"]:
+        readers = [n for n in nodes if dq.output[0] in n.input]
+        zero = constants.get(dq.input[2]) if len(dq.input) > 2 else None
+        if not readers or not all(is_lowered_lrn(n.name) for n in readers) or zero is None:
+            continue
+        values = numpy_helper.to_array(zero)
+        if values.dtype not in (np.uint8, np.int8) or np.any(values != np.iinfo(values.dtype).min):
+            continue
+        name = readers[0].name[: readers[0].name.index(LOWERED_LRN_MARK) + len(LOWERED_LRN_MARK)] + "input"
+        relu = helper.make_node("Relu", [dq.output[0]], [name], name=name, doc_string=LOWERED_LRN)
+        for reader in readers:
+            reader.input[:] = [name if tensor == dq.output[0] else tensor for tensor in reader.input]
+        model.graph.node.insert(list(model.graph.node).index(dq) + 1, relu)
 
 
 def _order_lrn_tails(model: onnx.ModelProto) -> None:

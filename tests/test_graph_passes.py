@@ -147,3 +147,34 @@ def test_a_pool_feeding_a_float_op_gets_its_input_grid_and_stays_exact(tmp_path:
     after = ort.InferenceSession(model.SerializeToString(), unoptimized).run(None, {"x": x})[0]
     np.testing.assert_array_equal(after, before)
     np.testing.assert_allclose(_run(model, {"x": x}), before, rtol=1e-5, atol=1e-4)  # optimized: loads, same
+
+
+@pytest.mark.parametrize(("dtype", "zero", "relu"), [(TensorProto.UINT8, 0, True), (TensorProto.INT8, 0, False)])
+def test_lrn_reads_its_dequantized_input_once(tmp_path: Path, dtype: int, zero: int, relu: bool) -> None:
+    """A Relu behind the LRN's input DequantizeLinear when every dequantized value is >= 0 (zero point at the
+    bottom of the type): exact, and ONNX Runtime then computes the DequantizeLinear once, not once per reader."""
+    from export.onnx_lrn import share_lrn_inputs
+
+    model = _lrn_model(5, 1e-4, 0.75, 1.0)
+    lower_lrn(model)
+    readers = [n for n in model.graph.node if "x" in n.input]
+    for node in readers:
+        node.input[:] = ["x_dq" if name == "x" else name for name in node.input]
+    np_type = np.uint8 if dtype == TensorProto.UINT8 else np.int8
+    model.graph.initializer.extend(
+        [numpy_helper.from_array(np.array(0.5, np.float32), "s"), numpy_helper.from_array(np.array(zero, np_type), "z")]
+    )
+    qdq = [
+        helper.make_node("QuantizeLinear", ["x", "s", "z"], ["x_q"], name="q"),
+        helper.make_node("DequantizeLinear", ["x_q", "s", "z"], ["x_dq"], name="dq"),
+    ]
+    for node in reversed(qdq):
+        model.graph.node.insert(0, node)
+    x = np.random.default_rng(0).uniform(0, 60, (1, 9, 5, 6)).astype(np.float32)
+    before = _run(model, {"x": x})
+    share_lrn_inputs(model)
+    onnx.checker.check_model(model, full_check=True)
+    assert [n.op_type for n in model.graph.node].count("Relu") == int(relu)
+    np.testing.assert_array_equal(_run(model, {"x": x}, tmp_path / "optimized.onnx"), before)
+    ran = [n.op_type for n in onnx.load(str(tmp_path / "optimized.onnx")).graph.node]
+    assert ran.count("DequantizeLinear") == (1 if relu else len({n.name for n in readers}) + 1)
