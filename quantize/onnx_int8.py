@@ -5,7 +5,9 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -136,13 +138,37 @@ def calibrate(pre: Path, source: CalibrationSource, config: QuantizationConfig, 
             calibrate_method=method,
             extra_options=options,
         )
-        calibrator.collect_data(_ProgressReader(source, input_name, count))
+        if config.calibration == "minmax":
+            _collect_in_parallel(calibrator, OrtCalibrationReader(source, input_name), count)
+        else:  # histograms are merged batch by batch: ONNX Runtime's own loop, in its order
+            calibrator.collect_data(_ProgressReader(source, input_name, count))
         ranges = calibrator.compute_data()
     if config.shared_concat_ranges:
         share_concat_ranges(onnx.load(str(pre), load_external_data=False), ranges)
     cache = workdir / "calibration.json"
     save_tensors_data(ranges, cache)
     return cache
+
+
+def _collect_in_parallel(calibrator, reader: OrtCalibrationReader, count: int) -> None:
+    """MinMax's per-image minima and maxima, one single-threaded run per core at once and with graph
+    optimisations (ONNX Runtime's own loop runs them one by one with none: 2.1x slower here). The minimum and
+    maximum of the same numbers do not depend on the order they were collected in."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    options.log_severity_level = 3
+    session = ort.InferenceSession(calibrator.augmented_model_path, options, providers=["CPUExecutionProvider"])
+    names = [output.name for output in session.get_outputs()]
+    feeds = list(iter(reader.get_next, None))
+    with ThreadPoolExecutor(os.cpu_count() or 1) as pool:
+        runs = pool.map(lambda feed: session.run(None, feed), feeds)
+        for outputs in progress(runs, "Calibrating", total=len(feeds) or count):
+            kept = calibrator.model_original_outputs  # the model's own outputs are not calibrated
+            calibrator.intermediate_outputs.append(
+                [None if name in kept else value for name, value in zip(names, outputs, strict=True)]
+            )
 
 
 def share_concat_ranges(model: onnx.ModelProto, ranges) -> None:
