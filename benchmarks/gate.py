@@ -13,21 +13,25 @@ import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field, fields, make_dataclass, replace
 from pathlib import Path
 
-from benchmarks.metrics import GATED, LATENCY_RATIO, THRESHOLDS
+from benchmarks.metrics import GATED, LATENCY_RATIO, THRESHOLDS, Metric, Threshold
 from export.errors import ToolkitError, one_line
 
 PYPROJECT_TABLE = ("tool", "googlenet-edge", "gate")
 
 
-# One field per threshold of the metric table (default, pyproject key, flag), and which accuracy figures to judge.
-GateThresholds = make_dataclass(
-    "GateThresholds",
-    [
-        *((t.setting, float | None, field(default=t.default)) for t in THRESHOLDS),
-        ("accuracy", str, field(default="emulated")),  # "emulated" (where the report has it) or "host"
-    ],
-    frozen=True,
-)
+def thresholds_type(thresholds: tuple[Threshold, ...]) -> type:
+    """A frozen dataclass with one field per threshold (its default) and which accuracy figures to judge."""
+    return make_dataclass(
+        "GateThresholds",
+        [
+            *((t.setting, float | None, field(default=t.default)) for t in thresholds),
+            ("accuracy", str, field(default="emulated")),  # "emulated" (where the report has it) or "host"
+        ],
+        frozen=True,
+    )
+
+
+GateThresholds = thresholds_type(THRESHOLDS)
 
 
 def thresholds_from_pyproject(start: Path | None = None) -> tuple:
@@ -96,7 +100,9 @@ def _reference_latency(report: dict, artifact: dict) -> dict | None:
     return None
 
 
-def judge(report: dict, limits: GateThresholds, devices: list[str] | None = None) -> list[Verdict]:
+def judge(
+    report: dict, limits: GateThresholds, devices: list[str] | None = None, gated: tuple[Metric, ...] = GATED
+) -> list[Verdict]:
     """One verdict per artifact (and device): the thresholds it breaks, each as one readable reason.
 
     `devices` restricts the verdicts to those devices of a merged report, e.g. `aarch64-qemu (neoverse-n1)`:
@@ -112,7 +118,7 @@ def judge(report: dict, limits: GateThresholds, devices: list[str] | None = None
         failures, checked = [], []
         view, label = _accuracy_view(artifact, limits.accuracy)
         where = f" ({label})" if label else ""
-        judged = [(m, getattr(limits, m.gate.setting), m.read(artifact, view)) for m in GATED]
+        judged = [(m, getattr(limits, m.gate.setting), m.read(artifact, view)) for m in gated if m.gate]
         wanted = [m.gate.what for m, limit, value in judged if limit is not None and value is None]
         if wanted:  # a threshold with nothing to judge is a failure, or a CI job without --eval always passes
             failures.append(
