@@ -93,53 +93,56 @@ def _count(value: float) -> str:
     return format_count(value) if value else "—"
 
 
-_UNIT_FRACTION = {"type": "number", "minimum": 0, "maximum": 1}
+_FRACTION = {"type": "number", "minimum": 0, "maximum": 1}
+_NULLABLE = {"type": ["number", "null"]}
 METRICS: tuple[Metric, ...] = (
     Metric(
-        "size_mb", "size MB", "size MB", "MB", "size_bytes", {"type": "integer", "minimum": 1}, False, per=1e6,
+        "size_mb", "size MB", column="size MB", unit="MB", source="size_bytes", higher_better=False, per=1e6,
+        schema={"type": "integer", "minimum": 1},
         gate=Threshold(
-            "max_size_mb", None, "size {value:.2f} MB{where} {op} {limit:g} MB", "size", "size", "M",
-            "largest file size (MB)",
+            "max_size_mb", None, failure="size {value:.2f} MB{where} {op} {limit:g} MB", what="size",
+            checked="size", metavar="M", help="largest file size (MB)",
         ),
     ),
     Metric(
-        "macs", "MACs", "MACs", "", "macs",
-        {"type": ["integer", "null"], "description": "multiply-adds per image, from the graph"}, False, cell=_count,
+        "macs", "MACs", column="MACs", unit="MACs", source="macs", higher_better=False, cell=_count,
+        schema={"type": ["integer", "null"], "description": "multiply-adds per image, from the graph"},
     ),
     Metric(
-        "top1", "top-1", "top-1", "", "accuracy.top1", _UNIT_FRACTION, True, cell="{:.1%}",
-        axis="top-1 accuracy (%)",
+        "top1", "top-1", column="top-1", unit="fraction", source="accuracy.top1", higher_better=True,
+        schema=_FRACTION, cell="{:.1%}", axis="top-1 accuracy (%)",
     ),
     Metric(
-        "top1_drop_pp", "top-1 drop pp", "drop pp", "pp", "accuracy.vs_reference.top1_drop_pp", {"type": "number"},
-        False, cell="{:+.2f}", with_emulated=True,
+        "top1_drop_pp", "top-1 drop pp", column="drop pp", unit="pp", source="accuracy.vs_reference.top1_drop_pp",
+        higher_better=False, schema={"type": "number"}, cell="{:+.2f}", with_emulated=True,
         gate=Threshold(
-            "max_top1_drop", 1.0, "top-1 drop {value:.2f} pp{where} {op} {limit:g} pp", "top-1 drop", "top1_drop",
-            "PP", "largest allowed top-1 drop (pp)",
+            "max_top1_drop", 1.0, failure="top-1 drop {value:.2f} pp{where} {op} {limit:g} pp", what="top-1 drop",
+            checked="top1_drop", metavar="PP", help="largest allowed top-1 drop (pp)",
         ),
     ),
     Metric(
-        "top1_agreement", "agreement", "agree", "", "accuracy.vs_reference.top1_agreement", _UNIT_FRACTION, True,
-        cell="{:.1%}", with_emulated=True,
+        "top1_agreement", "agreement", column="agree", unit="fraction",
+        source="accuracy.vs_reference.top1_agreement", higher_better=True, schema=_FRACTION, cell="{:.1%}",
+        with_emulated=True,
         gate=Threshold(
-            "min_agreement", 0.97, "top-1 agreement {value:.2%}{where} {op} {limit:.2%}", "agreement", "agreement",
-            "F", "smallest top-1 agreement (0..1)", fraction=True,
+            "min_agreement", 0.97, failure="top-1 agreement {value:.2%}{where} {op} {limit:.2%}", what="agreement",
+            checked="agreement", metavar="F", help="smallest top-1 agreement (0..1)", fraction=True,
         ),
     ),
     Metric(
-        "latency_median", "ms p50 (best threads)", "ms p50 @{threads}", "ms", "latency_ms.*.median",
-        {"type": ["number", "null"]}, False, tolerance=0.05, cell="{:.1f}", timed=True,
-        axis="median latency per image (ms, best thread count)",
+        "latency_median", "ms p50 (best threads)", column="ms p50 @{threads}", unit="ms",
+        source="latency_ms.*.median", higher_better=False, tolerance=0.05, schema=_NULLABLE, cell="{:.1f}",
+        timed=True, axis="median latency per image (ms, best thread count)",
     ),
     Metric(
-        "peak_rss_mb", "peak RSS MB", "peak MB", "MB", "peak_rss_mb",
-        {"type": ["number", "null"], "description": "peak RSS of a fresh process running it"}, False,
-        tolerance=0.05, cell="{:.0f}", timed=True,
+        "peak_rss_mb", "peak RSS MB", column="peak MB", unit="MB", source="peak_rss_mb", higher_better=False,
+        tolerance=0.05, schema={**_NULLABLE, "description": "peak RSS of a fresh process running it"},
+        cell="{:.0f}", timed=True,
     ),
     Metric(
-        "activation_mb", "activation MB", "act. MB", "MB", "activation_bytes",
-        {"type": ["integer", "null"], "description": "largest set of live tensors"}, False, per=1e6,
-        cell="{:.1f}",
+        "activation_mb", "activation MB", column="act. MB", unit="MB", source="activation_bytes",
+        higher_better=False, per=1e6, cell="{:.1f}",
+        schema={"type": ["integer", "null"], "description": "largest set of live tensors"},
     ),
 )  # fmt: skip
 BY_KEY = {m.key: m for m in METRICS}
@@ -147,14 +150,9 @@ BY_KEY = {m.key: m for m in METRICS}
 # Gate limits that are not one figure of one artifact (the latency is judged per thread count against the
 # reference's): declared here with the others so flags, pyproject keys and defaults come from one place.
 LATENCY_RATIO = Threshold(
-    "max_latency_ratio",
-    None,
-    "latency {value:.2f}x the reference at {threads} threads {op} {limit:g}x",
-    "latency ratio",
-    "latency",
-    "R",
-    "median latency / the reference's",
-)
+    "max_latency_ratio", None, failure="latency {value:.2f}x the reference at {threads} threads {op} {limit:g}x",
+    what="latency ratio", checked="latency", metavar="R", help="median latency / the reference's",
+)  # fmt: skip
 # The gated metrics, accuracy first (a missing figure is reported before any other failure), and every limit.
 GATED: tuple[Metric, ...] = tuple(sorted((m for m in METRICS if m.gate), key=lambda m: not m.accuracy))
 THRESHOLDS: tuple[Threshold, ...] = (*(m.gate for m in GATED if m.gate), LATENCY_RATIO)

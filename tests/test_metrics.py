@@ -56,8 +56,12 @@ def schema_at(source: str) -> dict:
 
 # A new metric, as a contributor would add it: its producer writes `load_ms`; this is its one row.
 LOAD = Metric(
-    "load_ms", "load ms", "load ms", "ms", "load_ms", {"type": ["number", "null"]}, False, cell="{:.1f}",
-    gate=Threshold("max_load_ms", None, "load {value:.1f} ms {op} {limit:g} ms", "load", "load", "MS", "slowest load"),
+    "load_ms", "load ms", column="load ms", unit="ms", source="load_ms", higher_better=False, cell="{:.1f}",
+    schema={"type": ["number", "null"]},
+    gate=Threshold(
+        "max_load_ms", None, failure="load {value:.1f} ms {op} {limit:g} ms", what="load", checked="load",
+        metavar="MS", help="slowest load (ms)",
+    ),
 )  # fmt: skip
 
 
