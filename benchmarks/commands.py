@@ -146,16 +146,19 @@ def _fmt(value: float | None) -> str:
 
 def configure_schema(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, help="write the JSON Schema to a file")
+    parser.add_argument("--sidecar", action="store_true", help="the artifacts' sidecar schema, not the report's")
 
 
 def run_schema(args: argparse.Namespace) -> int:
     from benchmarks.report import REPORT_SCHEMA
+    from export.artifact_record import SIDECAR_SCHEMA
     from export.artifacts import write_json
 
+    schema = SIDECAR_SCHEMA if args.sidecar else REPORT_SCHEMA
     if args.out:
-        write_json(args.out, REPORT_SCHEMA)
+        write_json(args.out, schema)
     else:
-        print(json.dumps(REPORT_SCHEMA, indent=2))
+        print(json.dumps(schema, indent=2))
     return 0
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from edge_runtime.device_runner import file_sha256, round_floats
-from export.artifacts import read_json, sidecar_path, write_json
+from export.artifacts import MODEL_IDENTITY_KEYS, read_json, sidecar_path, write_json
 from export.errors import ToolkitError
 
 
@@ -120,12 +120,14 @@ class ArtifactRecord:
 
 
 # Which fields each kind of artifact must have, beyond format and precision: (format, precision or None = any).
+# An int8 ONNX inherits its identity from the FP32 file's metadata (none when that file has none); a .tflite
+# records no params/MACs (`benchmarks run` counts them from the graph).
 _FILE = ("artifact", "size_bytes", "sha256")
-_IDENTITY = ("arch", "num_classes", "weights", "weights_format", "weights_sha256")
+_IDENTITY = tuple(key for key in MODEL_IDENTITY_KEYS if key not in ("params", "macs"))
 REQUIRED: dict[tuple[str, str | None], tuple[str, ...]] = {
     ("onnx", "fp32"): (
-        *_FILE, *_IDENTITY, "params", "macs", "preprocess", "labels", "input", "output", "opset", "simplifier",
-        "lrn", "validation", "evaluation", "warnings", "producer",
+        *_FILE, *MODEL_IDENTITY_KEYS, "preprocess", "labels", "input", "output", "opset", "simplifier", "lrn",
+        "validation", "evaluation", "warnings", "producer",
     ),
     ("onnx", "int8"): (
         *_FILE, "fp32_model", "fp32_sha256", "fp32_size_bytes", "size_ratio", "quantization", "calibration",
@@ -136,6 +138,7 @@ REQUIRED: dict[tuple[str, str | None], tuple[str, ...]] = {
         "producer",
     ),
     ("tflite", "fp32"): ("validation",),
+    **{("tflite", quantized): ("size_ratio",) for quantized in ("int8", "fp16", "dynamic")},
 }  # fmt: skip
 
 

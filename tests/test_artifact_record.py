@@ -112,3 +112,9 @@ def test_a_sidecar_without_evaluation_validates(ten_class_dynamic_export: tuple)
     assert result.returncode == 0, result.stderr
     data = read_sidecar(out_dir / "googlenet.onnx")
     assert data["evaluation"] is None and data["input"]["shape"][0] == "batch"
+
+
+def test_schema_command_prints_the_sidecar_schema(run_bench_cli) -> None:
+    done = run_bench_cli("schema", "--sidecar")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == SIDECAR_SCHEMA
