@@ -30,7 +30,8 @@ def configure_run(parser: argparse.ArgumentParser) -> None:
 
 def run_run(args: argparse.Namespace) -> int:
     from benchmarks.plot import plot_report, require_matplotlib
-    from benchmarks.run import RunOptions, report_table, run
+    from benchmarks.run import RunOptions, run
+    from benchmarks.table import report_table
     from export.artifacts import write_json
 
     if args.eval is not None and not args.eval.is_dir():
@@ -59,10 +60,11 @@ def run_run(args: argparse.Namespace) -> int:
 
 def configure_gate(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("report", type=Path, help="report.json from `benchmarks run` (or `merge`)")
-    parser.add_argument("--max-top1-drop", type=float, metavar="PP", help="largest allowed top-1 drop (pp)")
-    parser.add_argument("--min-agreement", type=float, metavar="F", help="smallest top-1 agreement (0..1)")
-    parser.add_argument("--max-latency-ratio", type=float, metavar="R", help="median latency / the reference's")
-    parser.add_argument("--max-size-mb", type=float, metavar="M", help="largest file size (MB)")
+    from benchmarks.metrics import THRESHOLDS
+
+    for limit in THRESHOLDS:
+        flag = "--" + limit.setting.replace("_", "-")
+        parser.add_argument(flag, type=float, metavar=limit.metavar, help=limit.help)
     parser.add_argument("--accuracy", choices=("emulated", "host"), help="int8 ONNX figures to judge")
     parser.add_argument(
         "--device", action="append", metavar="NAME", help="judge only this device of a merged report (repeatable)"
@@ -74,17 +76,18 @@ def run_gate(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
     from benchmarks.gate import judge, junit_xml, thresholds_from_pyproject
+    from benchmarks.metrics import THRESHOLDS
     from benchmarks.report import load_report
 
-    if args.min_agreement is not None and not 0 <= args.min_agreement <= 1:
-        raise ToolkitError(f"--min-agreement is a fraction between 0 and 1 (got {args.min_agreement})")
+    for limit in THRESHOLDS:
+        value = getattr(args, limit.setting)
+        if limit.fraction and value is not None and not 0 <= value <= 1:
+            flag = "--" + limit.setting.replace("_", "-")
+            raise ToolkitError(f"{flag} is a fraction between 0 and 1 (got {value})")
     report = load_report(args.report)
     limits, source = thresholds_from_pyproject()
-    overrides = {
-        k: getattr(args, k)
-        for k in ("max_top1_drop", "min_agreement", "max_latency_ratio", "max_size_mb", "accuracy")
-        if getattr(args, k) is not None
-    }
+    settings = [*(limit.setting for limit in THRESHOLDS), "accuracy"]
+    overrides = {k: getattr(args, k) for k in settings if getattr(args, k) is not None}
     limits = replace(limits, **overrides)
     verdicts = judge(report, limits, args.device)
     rows = [
@@ -143,16 +146,19 @@ def _fmt(value: float | None) -> str:
 
 def configure_schema(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, help="write the JSON Schema to a file")
+    parser.add_argument("--sidecar", action="store_true", help="the artifacts' sidecar schema, not the report's")
 
 
 def run_schema(args: argparse.Namespace) -> int:
     from benchmarks.report import REPORT_SCHEMA
+    from export.artifact_record import SIDECAR_SCHEMA
     from export.artifacts import write_json
 
+    schema = SIDECAR_SCHEMA if args.sidecar else REPORT_SCHEMA
     if args.out:
-        write_json(args.out, REPORT_SCHEMA)
+        write_json(args.out, schema)
     else:
-        print(json.dumps(REPORT_SCHEMA, indent=2))
+        print(json.dumps(schema, indent=2))
     return 0
 
 
@@ -203,7 +209,7 @@ def configure_merge(parser: argparse.ArgumentParser) -> None:
 def run_merge(args: argparse.Namespace) -> int:
     from benchmarks.bundle import merge_reports
     from benchmarks.report import load_report
-    from benchmarks.run import report_table
+    from benchmarks.table import report_table
     from export.artifacts import write_json
 
     merged = merge_reports([(path, load_report(path)) for path in args.reports])
@@ -238,7 +244,7 @@ def run_emulate(args: argparse.Namespace) -> int:
     from benchmarks.emulate import emulate
     from benchmarks.emulation_env import EmulationEnv, default_cache_dir, runtime_pins
     from benchmarks.report import load_report
-    from benchmarks.run import report_table
+    from benchmarks.table import report_table
 
     env = EmulationEnv(args.cache or default_cache_dir(), runtime_pins())
     if not args.setup and not args.bundle.exists():

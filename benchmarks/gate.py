@@ -1,33 +1,41 @@
 """`python -m benchmarks gate`: a CI pass/fail over a report, with JUnit XML for CI dashboards.
 
 Thresholds come from the command line, else from `[tool.googlenet-edge.gate]` in the nearest
-`pyproject.toml`, else the built-in defaults below. An int8 ONNX model is judged on its emulated
-(target-independent) figures where the report has them: CI runners are x86 hosts whose int8 kernels can
-saturate (no VNNI), while the model ships to ARM devices; `--accuracy host` judges the host figures.
+`pyproject.toml`, else the defaults in the metric table (`benchmarks.metrics`, which also names them). An
+int8 ONNX model is judged on its emulated (target-independent) figures where the report has them: CI
+runners are x86 hosts whose int8 kernels can saturate (no VNNI), while the model ships to ARM devices;
+`--accuracy host` judges the host figures.
 """
 
 from __future__ import annotations
 
 import tomllib
 import xml.etree.ElementTree as ET
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, make_dataclass, replace
 from pathlib import Path
 
+from benchmarks.metrics import GATED, LATENCY_RATIO, THRESHOLDS, Metric, Threshold, accuracy_view
 from export.errors import ToolkitError, one_line
 
 PYPROJECT_TABLE = ("tool", "googlenet-edge", "gate")
 
 
-@dataclass(frozen=True)
-class GateThresholds:
-    max_top1_drop: float | None = 1.0  # percentage points vs the reference
-    min_agreement: float | None = 0.97  # top-1 agreement with the reference, 0..1
-    max_latency_ratio: float | None = None  # median latency / the reference's, same device and threads
-    max_size_mb: float | None = None
-    accuracy: str = "emulated"  # "emulated" (where the report has it) or "host"
+def thresholds_type(thresholds: tuple[Threshold, ...]) -> type:
+    """A frozen dataclass with one field per threshold (its default) and which accuracy figures to judge."""
+    return make_dataclass(
+        "GateThresholds",
+        [
+            *((t.setting, float | None, field(default=t.default)) for t in thresholds),
+            ("accuracy", str, field(default="emulated")),  # "emulated" (where the report has it) or "host"
+        ],
+        frozen=True,
+    )
 
 
-def thresholds_from_pyproject(start: Path | None = None) -> tuple[GateThresholds, Path | None]:
+GateThresholds = thresholds_type(THRESHOLDS)
+
+
+def thresholds_from_pyproject(start: Path | None = None) -> tuple:
     """Defaults overridden by the nearest pyproject.toml's `[tool.googlenet-edge.gate]` table."""
     here = (start or Path.cwd()).resolve()
     for folder in (here, *here.parents):
@@ -46,7 +54,7 @@ def thresholds_from_pyproject(start: Path | None = None) -> tuple[GateThresholds
     return GateThresholds(), None
 
 
-def _from_table(table: dict, source: Path) -> GateThresholds:
+def _from_table(table: dict, source: Path):
     known = {f.name: f for f in fields(GateThresholds)}
     values = {}
     for key, value in table.items():
@@ -78,8 +86,8 @@ def _accuracy_view(artifact: dict, mode: str) -> tuple[dict, str]:
     """The figures to judge: float-emulated int8 where asked and present, else what the device computed
     (an `aarch64-qemu` device's own figures are ARM's kernels; it has no float emulation)."""
     acc = artifact.get("accuracy") or {}
-    if mode == "emulated" and acc.get("emulated"):
-        return acc["emulated"], "float-emulated"
+    if mode == "emulated" and accuracy_view(artifact) is not acc:
+        return accuracy_view(artifact), "float-emulated"
     return acc, f"as computed on {artifact['device']}" if acc else ""
 
 
@@ -93,7 +101,9 @@ def _reference_latency(report: dict, artifact: dict) -> dict | None:
     return None
 
 
-def judge(report: dict, limits: GateThresholds, devices: list[str] | None = None) -> list[Verdict]:
+def judge(
+    report: dict, limits: GateThresholds, devices: list[str] | None = None, gated: tuple[Metric, ...] = GATED
+) -> list[Verdict]:
     """One verdict per artifact (and device): the thresholds it breaks, each as one readable reason.
 
     `devices` restricts the verdicts to those devices of a merged report, e.g. `aarch64-qemu (neoverse-n1)`:
@@ -108,48 +118,36 @@ def judge(report: dict, limits: GateThresholds, devices: list[str] | None = None
             continue
         failures, checked = [], []
         view, label = _accuracy_view(artifact, limits.accuracy)
-        vs = view.get("vs_reference") or {}
         where = f" ({label})" if label else ""
-        wanted = [
-            what
-            for what, limit, key in (
-                ("top-1 drop", limits.max_top1_drop, "top1_drop_pp"),
-                ("agreement", limits.min_agreement, "top1_agreement"),
-            )
-            if limit is not None and key not in vs
-        ]
+        judged = [(m, getattr(limits, m.gate.setting), m.read(artifact, view)) for m in gated if m.gate]
+        wanted = [m.gate.what for m, limit, value in judged if limit is not None and value is None]
         if wanted:  # a threshold with nothing to judge is a failure, or a CI job without --eval always passes
             failures.append(
                 f"no {' or '.join(wanted)} figure to check (was `benchmarks run` given --eval and a reference?)"
             )
-        if limits.max_top1_drop is not None and "top1_drop_pp" in vs:
-            checked.append("top1_drop")
-            if vs["top1_drop_pp"] > limits.max_top1_drop:
-                failures.append(f"top-1 drop {vs['top1_drop_pp']:.2f} pp{where} > {limits.max_top1_drop:g} pp")
-        if limits.min_agreement is not None and "top1_agreement" in vs:
-            checked.append("agreement")
-            if vs["top1_agreement"] < limits.min_agreement:
-                failures.append(f"top-1 agreement {vs['top1_agreement']:.2%}{where} < {limits.min_agreement:.2%}")
-        if limits.max_size_mb is not None:
-            checked.append("size")
-            size_mb = artifact["size_bytes"] / 1e6
-            if size_mb > limits.max_size_mb:
-                failures.append(f"size {size_mb:.2f} MB > {limits.max_size_mb:g} MB")
+        for metric, limit, value in judged:
+            if limit is None or value is None:
+                continue
+            checked.append(metric.gate.checked)
+            if value < limit if metric.higher_better else value > limit:
+                op, shown = ("<" if metric.higher_better else ">"), where if metric.accuracy else ""
+                failures.append(metric.gate.failure.format(value=value, where=shown, op=op, limit=limit))
         if limits.max_latency_ratio is not None and artifact.get("timing"):
-            checked.append("latency: not timed (emulated CPU)")
+            checked.append(f"{LATENCY_RATIO.checked}: not timed (emulated CPU)")
         elif limits.max_latency_ratio is not None:
             reference = _reference_latency(report, artifact)
             if reference is None:
-                failures.append("latency ratio: no reference measured on the same device")
+                failures.append(f"{LATENCY_RATIO.what}: no reference measured on the same device")
             else:
                 for threads, stats in sorted(artifact["latency_ms"].items()):
                     base = (reference.get(threads) or {}).get("median")
                     if base and stats.get("median") is not None:
-                        checked.append(f"latency@{threads}")
-                        ratio = stats["median"] / base
-                        if ratio > limits.max_latency_ratio:
-                            limit = limits.max_latency_ratio
-                            failures.append(f"latency {ratio:.2f}x the reference at {threads} threads > {limit:g}x")
+                        checked.append(f"{LATENCY_RATIO.checked}@{threads}")
+                        ratio, limit = stats["median"] / base, limits.max_latency_ratio
+                        if ratio > limit:
+                            failures.append(
+                                LATENCY_RATIO.failure.format(value=ratio, threads=threads, op=">", limit=limit)
+                            )
         verdicts.append(Verdict(artifact["name"], artifact["device"], failures, checked))
     return verdicts
 

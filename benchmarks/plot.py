@@ -1,10 +1,12 @@
-"""`--plot`: latency vs top-1 accuracy, one bubble per artifact (area = file size), readable at a glance."""
+"""`--plot`: latency vs top-1 accuracy (axes from `benchmarks.metrics`), one bubble per artifact (area = file
+size), readable at a glance."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
+from benchmarks.metrics import BY_KEY, Metric, best_threads
 from export.errors import ToolkitError
 
 MARKERS = {"onnx": "o", "tflite": "s"}
@@ -24,18 +26,23 @@ def require_matplotlib():
     return plt
 
 
+def _axis_title(metric: Metric) -> str:
+    return f"{metric.axis} - {'higher' if metric.higher_better else 'lower'} is better"
+
+
 def plot_report(report: dict, path: Path) -> Path:
     """Write the PNG (atomically)."""
     plt = require_matplotlib()
+    x, y = BY_KEY["latency_median"], BY_KEY["top1"]
     points = []
     for a in report["artifacts"]:
-        acc = a.get("accuracy") or {}
         if not a["latency_ms"]:
             continue  # not timed (an emulated CPU): no place on a latency axis
-        best = str(a["throughput"]["threads"]) if a.get("throughput") else next(iter(a["latency_ms"]))
-        latency = a["latency_ms"][best].get("median") or a["latency_ms"][best].get("mean")
-        if "top1" in acc and latency:
-            points.append((a, latency, 100 * acc["top1"], best))
+        best = best_threads(a)
+        latency = x.read(a) or a["latency_ms"][best].get("mean")
+        top1 = y.read(a, a.get("accuracy") or {})  # what the device computed
+        if top1 is not None and latency:
+            points.append((a, latency, 100 * top1, best))
     if not points:
         raise ToolkitError("--plot needs accuracy figures: run with --eval DIR")
     figure, axes = plt.subplots(figsize=(8, 5.5), dpi=120)
@@ -56,8 +63,8 @@ def plot_report(report: dict, path: Path) -> Path:
             label, (latency, top1), textcoords="offset points", xytext=offset, fontsize=8,
             arrowprops={"arrowstyle": "-", "color": "grey", "lw": 0.6},
         )  # fmt: skip
-    axes.set_xlabel("median latency per image (ms, best thread count) - lower is better")
-    axes.set_ylabel("top-1 accuracy (%) - higher is better")
+    axes.set_xlabel(_axis_title(x))
+    axes.set_ylabel(_axis_title(y))
     title = "GoogLeNet artifacts: latency vs accuracy (bubble area = file size; o ONNX, s TFLite)"
     axes.set_title(title, fontsize=10)
     for precision in precisions:

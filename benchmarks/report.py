@@ -1,10 +1,12 @@
 """The benchmark report: its JSON Schema (one documented contract for `run`, the device runner, `merge`,
-`gate`, `compare` and `--plot`) and loading a report with a one-line error when it does not fit."""
+`gate`, `compare` and `--plot`) and loading a report with a one-line error when it does not fit. The fields
+the metrics are read from get their schema from `benchmarks.metrics`."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from benchmarks.metrics import schema_properties
 from export.artifacts import read_json
 from export.errors import ToolkitError
 
@@ -16,7 +18,8 @@ _LATENCY = {
     "description": "milliseconds over the timed runs at one thread count",
     "required": ["mean", "runs"],
     "properties": {
-        **{k: _NULLABLE_NUMBER for k in ("median", "p90", "p99", "std", "min", "max", "load_ms")},
+        **{k: _NULLABLE_NUMBER for k in ("p90", "p99", "std", "min", "max", "load_ms")},
+        **schema_properties("latency_ms.*"),
         "first_inference_ms": _NULLABLE_NUMBER,
         "mean": _NUMBER,
         "runs": {"type": "integer", "minimum": 1},
@@ -28,8 +31,7 @@ _VS_REFERENCE = {
     "required": ["reference", "top1_agreement"],
     "properties": {
         "reference": {"type": ["string", "null"]},
-        "top1_agreement": {"type": "number", "minimum": 0, "maximum": 1},
-        "top1_drop_pp": _NUMBER,
+        **schema_properties("accuracy.vs_reference"),
         "top5_drop_pp": _NUMBER,
         "kl_mean": _NUMBER,
         "cosine_mean": _NUMBER,
@@ -43,7 +45,7 @@ _ACCURACY = {
     "properties": {
         "images": {"type": "integer", "minimum": 1},
         "labelled": {"type": "integer"},
-        "top1": {"type": "number", "minimum": 0, "maximum": 1},
+        **schema_properties("accuracy"),
         "top5": {"type": "number", "minimum": 0, "maximum": 1},
         "vs_reference": _VS_REFERENCE,
     },
@@ -58,11 +60,9 @@ ARTIFACT_SCHEMA = {
         "format": {"enum": ["onnx", "tflite"]},
         "precision": {"enum": ["fp32", "fp16", "int8", "dynamic"]},
         "device": {"type": "string", "description": "where it was measured (hostname or board model)"},
-        "size_bytes": {"type": "integer", "minimum": 1},
+        **schema_properties(""),  # size_bytes, macs, activation_bytes, peak_rss_mb (benchmarks/metrics.py)
         "params": {"type": ["integer", "null"]},
-        "macs": {"type": ["integer", "null"], "description": "multiply-adds per image, from the graph"},
         "ops": {"type": "object", "additionalProperties": {"type": "integer"}},
-        "activation_bytes": {"type": ["integer", "null"], "description": "largest set of live tensors"},
         "load_ms": _NULLABLE_NUMBER,
         "first_inference_ms": _NULLABLE_NUMBER,
         "latency_ms": {
@@ -76,7 +76,6 @@ ARTIFACT_SCHEMA = {
             "required": ["threads", "images_per_s"],
             "properties": {"threads": {"type": "integer"}, "images_per_s": _NUMBER},
         },
-        "peak_rss_mb": {"type": ["number", "null"], "description": "peak RSS of a fresh process running it"},
         "kernels": {
             "type": "object",
             "description": "what the runtime ran on this device: compute ops in int8 vs float kernels",

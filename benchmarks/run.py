@@ -18,7 +18,8 @@ import numpy as np
 from benchmarks.report import validate_report
 from edge_runtime import ceiling, device_runner, kernel_coverage
 from export import __version__, ui
-from export.artifacts import read_json, read_onnx_metadata, read_tflite_metadata, sidecar_path
+from export.artifact_record import read_sidecar
+from export.artifacts import read_onnx_metadata, read_tflite_metadata, sidecar_path
 from export.errors import ToolkitError
 from export.evaluation import EvalSet, load_eval_set, predict
 from export.images import list_images
@@ -63,7 +64,7 @@ def discover(paths: list[Path]) -> list[Path]:
 def describe_artifact(path: Path) -> dict:
     """Format, precision, preprocessing and labels: from the sidecar, else the metadata inside the file."""
     fmt = path.suffix.lower().lstrip(".")
-    info = read_json(sidecar_path(path)) if sidecar_path(path).is_file() else {}
+    info = read_sidecar(path) if sidecar_path(path).is_file() else {}
     if not info:
         if fmt == "onnx":
             meta = read_onnx_metadata(path)
@@ -270,80 +271,3 @@ def warn_if_mostly_float(entry: dict) -> None:
     share = (entry.get("kernels") or {}).get("int8_mac_share")
     if entry["precision"] == "int8" and share is not None and share < 0.5:
         ui.warn(f"{entry['name']}: only {share:.0%} of its multiply-adds run in int8 kernels on {entry['device']}")
-
-
-def coverage_text(kernels: dict | None) -> str:
-    """`82% (31/58)`: share of MACs in int8 kernels (int8 compute ops / all compute ops)."""
-    if not kernels:
-        return "—"
-    share = kernels.get("int8_mac_share")
-    ops = f"{kernels['int8_compute_ops']}/{kernels['compute_ops']}"
-    return f"{share:.0%} ({ops})" if share is not None else ops
-
-
-# ---------------------------------------------------------------- the terminal table
-
-
-def speedup_text(latency: list) -> str:
-    """Thread scaling: median at the fewest threads / median at the most."""
-    return f"{latency[0] / latency[-1]:.2f}x" if latency[0] and latency[-1] else "—"
-
-
-def ceiling_text(per_threads: dict | None) -> str:
-    """`47% (18.6)`: share of this machine's ceiling at the fewest threads timed (achieved GMAC/s)."""
-    if not per_threads:
-        return "—"
-    first = per_threads[min(per_threads, key=int)]
-    share = f"{first['share']:.0%}" if first["share"] is not None else "—"
-    return f"{share} ({first['gmacs']:.1f})"
-
-
-def _drop_text(block: dict | None) -> tuple[str, str]:
-    vs = (block or {}).get("vs_reference") or {}
-    drop = f"{vs['top1_drop_pp']:+.2f}" if "top1_drop_pp" in vs else "—"
-    agree = f"{vs['top1_agreement']:.1%}" if "top1_agreement" in vs else "—"
-    return drop, agree
-
-
-def report_table(report: dict):
-    """One row per artifact (and device), like ultralytics' benchmark table."""
-    from export.counting import format_count
-
-    threads = sorted({int(t) for a in report["artifacts"] for t in a["latency_ms"]})
-    devices = {a["device"] for a in report["artifacts"]}
-    columns = ["artifact", *(["device"] if len(devices) > 1 else []), "precision", "size MB", "MACs", "top-1"]
-    columns += ["drop pp", "agree", "int8 MACs", *[f"ms p50 @{t}" for t in threads]]
-    columns += [*([f"x @{threads[-1]}"] if len(threads) > 1 else []), "% ceiling", "img/s", "peak MB", "act. MB"]
-    rows = []
-    for a in report["artifacts"]:
-        acc = a.get("accuracy") or {}
-        drop, agree = _drop_text(acc)
-        if acc.get("emulated"):
-            emu_drop, emu_agree = _drop_text(acc["emulated"])
-            drop, agree = f"{drop} (emul {emu_drop})", f"{agree} (emul {emu_agree})"
-        latency = [a["latency_ms"].get(str(t), {}).get("median") for t in threads]
-        untimed = "not timed" if a.get("timing") else "—"
-        rows.append(
-            [
-                a["name"],
-                *([a["device"]] if len(devices) > 1 else []),
-                a["precision"],
-                f"{a['size_bytes'] / 1e6:.2f}",
-                format_count(a["macs"]) if a.get("macs") else "—",
-                f"{acc['top1']:.1%}" if "top1" in acc else "—",
-                drop,
-                agree,
-                coverage_text(a.get("kernels")),
-                *[f"{v:.1f}" if v is not None else untimed for v in latency],
-                *([speedup_text(latency)] if len(threads) > 1 else []),
-                ceiling_text(a.get("ceiling")),
-                f"{a['throughput']['images_per_s']:.1f}" if a.get("throughput") else untimed,
-                f"{a['peak_rss_mb']:.0f}" if a.get("peak_rss_mb") is not None else untimed,
-                f"{a['activation_bytes'] / 1e6:.1f}" if a.get("activation_bytes") else "—",
-            ]
-        )
-    host = report["host"]
-    title = f"Benchmarks on {host.get('cpu')} ({host.get('cores')} cores, {', '.join(host.get('isa') or [])})"
-    if any(a.get("timing") for a in report["artifacts"]):
-        title += "; 'not timed': an emulated CPU, whose times are not the device's"
-    return ui.table(title, columns, rows)

@@ -15,10 +15,10 @@ import numpy as np
 import onnx
 import torch
 
-from edge_runtime.device_runner import file_sha256
 from edge_runtime.sessions import OnnxRunner, throughput_runner
 from export import __version__, paths
-from export.artifacts import MODEL_IDENTITY_KEYS, publish, set_onnx_metadata, sidecar_path, staging_dir, write_json
+from export.artifact_record import ArtifactRecord, write_sidecar
+from export.artifacts import MODEL_IDENTITY_KEYS, publish, set_onnx_metadata, sidecar_path, staging_dir
 from export.errors import ToolkitError, one_line
 from export.evaluation import (
     EvalSet,
@@ -28,7 +28,6 @@ from export.evaluation import (
     load_eval_folder,
     load_eval_set,
     predict,
-    round_floats,
 )
 from export.images import list_images
 from export.lrn import ONNX_TRANSLATIONS
@@ -246,44 +245,35 @@ def export_onnx(loaded: LoadedModel, options: OnnxExportOptions) -> OnnxExportRe
             warn("no evaluation set (pass --eval DIR); accuracy is not recorded in the artifact")
 
         counts = count_onnx(proto)
-        info = round_floats(
-            {
-                "format": "onnx",
-                "precision": "fp32",
-                **loaded.describe(),
-                "preprocess": loaded.preprocess.to_dict(),
-                "input": {
-                    "name": INPUT_NAME,
-                    "shape": [
-                        "batch" if options.dynamic_batch else 1,
-                        3,
-                        loaded.preprocess.crop,
-                        loaded.preprocess.crop,
-                    ],
-                    "dtype": "float32",
-                },
-                "output": {
-                    "name": OUTPUT_NAME,
-                    "shape": ["batch" if options.dynamic_batch else 1, loaded.num_classes],
-                    "meaning": "logits; apply softmax for probabilities",
-                },
-                "opset": options.opset,
-                "simplifier": simplifier,
-                "lrn": {"lowered": lowered_lrn, "as": "Mul/Pad/Slice/Add/Sqrt/Div (export/onnx_lrn.py)"},
-                "params": counts.params,
-                "macs": counts.macs,
-                "validation": validation,
-                "evaluation": evaluation,
-                "warnings": loaded.warnings,
-                "producer": {"toolkit": __version__, "torch": torch.__version__, "onnx": onnx.__version__},
-            }
+        batch = "batch" if options.dynamic_batch else 1
+        record = ArtifactRecord(
+            format="onnx",
+            precision="fp32",
+            **loaded.describe(),
+            preprocess=loaded.preprocess.to_dict(),
+            labels=loaded.labels.to_dict(),
+            input={"name": INPUT_NAME, "shape": [batch, 3, *[loaded.preprocess.crop] * 2], "dtype": "float32"},
+            output={
+                "name": OUTPUT_NAME,
+                "shape": [batch, loaded.num_classes],
+                "meaning": "logits; apply softmax for probabilities",
+            },
+            opset=options.opset,
+            simplifier=simplifier,
+            lrn={"lowered": lowered_lrn, "as": "Mul/Pad/Slice/Add/Sqrt/Div (export/onnx_lrn.py)"},
+            params=counts.params,
+            macs=counts.macs,
+            validation=validation,
+            evaluation=evaluation,
+            warnings=loaded.warnings,
+            producer={"toolkit": __version__, "torch": torch.__version__, "onnx": onnx.__version__},
         )
-        info["preprocess"] = loaded.preprocess.to_dict()  # exact, not rounded: consumers preprocess with it
+        identity = record.to_dict()
         set_onnx_metadata(
             proto,
             {
-                **{k: info[k] for k in MODEL_IDENTITY_KEYS},
-                "weights_sha256": info["weights_sha256"] or "",  # ONNX metadata holds strings only
+                **{k: identity[k] for k in MODEL_IDENTITY_KEYS},
+                "weights_sha256": identity["weights_sha256"] or "",  # ONNX metadata holds strings only
                 "preprocess": loaded.preprocess.to_json(),
                 "labels": loaded.labels.to_dict(),
                 "validation": validation,
@@ -292,11 +282,6 @@ def export_onnx(loaded: LoadedModel, options: OnnxExportOptions) -> OnnxExportRe
         )
         proto.producer_name, proto.producer_version = "googlenet-edge", __version__
         onnx.save(proto, str(staged))
-        info["artifact"] = final.name
-        info["size_bytes"] = staged.stat().st_size
-        info["sha256"] = file_sha256(staged)
-        sidecar = {**info, "labels": loaded.labels.to_dict()}
-        staged_sidecar = sidecar_path(staged)
-        write_json(staged_sidecar, sidecar)
-        publish({staged: final, staged_sidecar: sidecar_path(final)})
-    return OnnxExportResult(final, sidecar_path(final), info, eval_set, eval_logits, timings)
+        record = record.for_file(staged)
+        publish({staged: final, write_sidecar(staged, record): sidecar_path(final)})
+    return OnnxExportResult(final, sidecar_path(final), record.to_dict(), eval_set, eval_logits, timings)

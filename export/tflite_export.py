@@ -19,12 +19,12 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_runtime.device_runner import file_sha256
 from edge_runtime.sessions import TfliteRunner, tflite_op_histogram
 from export import __version__
-from export.artifacts import MODEL_IDENTITY_KEYS, set_tflite_metadata, sidecar_path, write_json
+from export.artifact_record import UNSET, ArtifactRecord, write_sidecar
+from export.artifacts import MODEL_IDENTITY_KEYS, set_tflite_metadata, sidecar_path
 from export.errors import ToolkitError, one_line
-from export.evaluation import EvalSet, accuracy, check_logits_match, load_eval_set, measure_drift, round_floats
+from export.evaluation import EvalSet, accuracy, check_logits_match, load_eval_set, measure_drift
 from export.preprocess import Preprocess
 from export.sample_images import validation_photos
 from export.ui import step
@@ -170,41 +170,42 @@ def finish_artifact(
     extra: dict,
     eval_set: EvalSet | None = None,
     fp32_logits: np.ndarray | None = None,
+    fp32_size: int | None = None,
 ) -> TfliteArtifact:
     """The sidecar of a converted `staged` .tflite (precision `mode`, None = fp32), with its drift on the
     FP32 ONNX model's evaluation, and the metadata embedded in the file. `extra`: the mode's own entries
-    (the fp32 validation, the int8 calibration and recipe)."""
+    (the fp32 validation, the int8 calibration and recipe); `fp32_size`: the FP32 file's, for `size_ratio`."""
     preprocess = input_preprocess(loaded.preprocess, io)
-    info: dict = {
-        "format": "tflite",
-        "precision": mode or "fp32",
-        "io": io,
-        **loaded.describe(),
-        "preprocess": preprocess.to_dict(),
-        **_io_details(staged),
-        "ops": tflite_op_histogram(staged),
-        "converter": "toolkit tf.nn port -> tf.lite.TFLiteConverter",
-        "producer": {"toolkit": __version__, "tensorflow": require_tensorflow().__version__},
-        "reference": onnx_path.name,
-        **extra,
-    }
+    drift = UNSET
     if eval_set is not None and fp32_logits is not None and len(eval_set):
         inputs = _inputs_for(eval_set, preprocess, loaded)
         label = f"Evaluating TFLite {mode or 'fp32'}"
-        info["drift"] = {
+        drift = {
             "eval": {"images": len(eval_set)},
             "fp32": {"accuracy": accuracy(fp32_logits, eval_set.labels)},
             "litert": measure_drift(TfliteRunner(staged), replace(eval_set, inputs=inputs), fp32_logits, label),
         }
-    info = round_floats(info)
-    info["preprocess"] = preprocess.to_dict()
-    info["labels"] = loaded.labels.to_dict()
-    info["artifact"] = staged.name
-    set_tflite_metadata(staged, _embedded_metadata(info))
-    info["size_bytes"] = staged.stat().st_size
-    info["sha256"] = file_sha256(staged)
-    write_json(sidecar_path(staged), info)
-    return TfliteArtifact(staged, sidecar_path(staged), info)
+    record = ArtifactRecord(
+        format="tflite",
+        precision=mode or "fp32",
+        io=io,
+        **loaded.describe(),
+        preprocess=preprocess.to_dict(),
+        labels=loaded.labels.to_dict(),
+        **_io_details(staged),
+        ops=tflite_op_histogram(staged),
+        converter="toolkit tf.nn port -> tf.lite.TFLiteConverter",
+        producer={"toolkit": __version__, "tensorflow": require_tensorflow().__version__},
+        reference=onnx_path.name,
+        drift=drift,
+        **extra,
+    )
+    set_tflite_metadata(staged, _embedded_metadata(record.to_dict()))
+    record = record.for_file(staged)
+    if fp32_size is not None:
+        record = replace(record, size_ratio=round(record.size_bytes / fp32_size, 4))
+    write_sidecar(staged, record)
+    return TfliteArtifact(staged, sidecar_path(staged), record.to_dict())
 
 
 def export_tflite_fp32(

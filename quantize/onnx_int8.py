@@ -8,7 +8,7 @@ import logging
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +19,7 @@ from edge_runtime.device_runner import file_sha256
 from edge_runtime.hostinfo import host_facts, int8_host_caveat
 from edge_runtime.sessions import throughput_runner
 from export import __version__
+from export.artifact_record import ArtifactRecord, write_sidecar
 from export.artifacts import (
     MODEL_IDENTITY_KEYS,
     publish,
@@ -26,7 +27,6 @@ from export.artifacts import (
     set_onnx_metadata,
     sidecar_path,
     staging_dir,
-    write_json,
 )
 from export.errors import ToolkitError, one_line
 from export.evaluation import EvalSet, measure_drift, predict, round_floats
@@ -320,22 +320,21 @@ def quantize_onnx(
             staged, sample, [[layer.name, layer.macs] for layer in count_file(staged).layers]
         )
 
-        info = round_floats(
-            {
-                "format": "onnx",
-                "precision": "int8",
-                "fp32_model": fp32_path.name,
-                "fp32_sha256": file_sha256(fp32_path),
-                "quantization": {
-                    **config.to_dict(),
-                    **({"rounding": rounding} if rounding else {}),
-                    "float_ops": {"lrn": sorted({n.split("/")[0] for n in lrn_nodes}), "max_pools": float_pools},
-                },
-                "calibration": calibration,
-                "drift": drift,
-                "kernels": kernels,
-                "host": host_facts(),
-            }
+        record = ArtifactRecord(
+            format="onnx",
+            precision="int8",
+            fp32_model=fp32_path.name,
+            fp32_sha256=file_sha256(fp32_path),
+            quantization={
+                **config.to_dict(),
+                **({"rounding": rounding} if rounding else {}),
+                "float_ops": {"lrn": sorted({n.split("/")[0] for n in lrn_nodes}), "max_pools": float_pools},
+            },
+            calibration=calibration,
+            drift=drift,
+            kernels=kernels,
+            host=host_facts(),
+            **{key: _maybe_json(metadata[key]) for key in INHERITED_METADATA if key in metadata},
         )
         model = onnx.load(str(staged))
         set_onnx_metadata(
@@ -343,7 +342,7 @@ def quantize_onnx(
             {
                 **{k: v for k, v in metadata.items() if k in INHERITED_METADATA},
                 "precision": "int8",
-                "quantization": info["quantization"],
+                "quantization": record.to_dict()["quantization"],
                 "calibration": {k: v for k, v in calibration.items() if k != "unreadable"},
                 "drift": _drift_summary(drift),
             },
@@ -351,18 +350,11 @@ def quantize_onnx(
         )
         model.producer_name, model.producer_version = "googlenet-edge", __version__
         onnx.save(model, str(staged))
-        for key in INHERITED_METADATA:
-            if key in metadata:
-                info[key] = _maybe_json(metadata[key])
-        info["artifact"] = final.name
-        info["size_bytes"] = staged.stat().st_size
-        info["fp32_size_bytes"] = fp32_path.stat().st_size
-        info["size_ratio"] = round(info["size_bytes"] / info["fp32_size_bytes"], 4)
-        info["sha256"] = file_sha256(staged)
-        staged_sidecar = sidecar_path(staged)
-        write_json(staged_sidecar, info)
-        publish({staged: final, staged_sidecar: sidecar_path(final)})
-    return Int8Result(final, sidecar_path(final), info, timings)
+        fp32_size = fp32_path.stat().st_size
+        record = replace(record.for_file(staged), fp32_size_bytes=fp32_size)
+        record = replace(record, size_ratio=round(record.size_bytes / fp32_size, 4))
+        publish({staged: final, write_sidecar(staged, record): sidecar_path(final)})
+    return Int8Result(final, sidecar_path(final), record.to_dict(), timings)
 
 
 def eval_set_description(eval_set: EvalSet) -> dict:

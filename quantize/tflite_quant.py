@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from export.artifacts import publish, sidecar_path, staging_dir, write_json
+from export.artifacts import publish, sidecar_path, staging_dir
 from export.errors import ToolkitError
 from export.evaluation import EvalSet
 from export.tflite_export import (
@@ -131,10 +131,8 @@ def export_tflite(
         staged = [fp32]
         if quantize:
             quantized, result.timings[quantize] = _export_quantized(
-                loaded, onnx_path, stage, quantize, io, calibration, int8, eval_set, fp32_logits
+                loaded, onnx_path, stage, quantize, io, calibration, int8, eval_set, fp32_logits, fp32.path
             )
-            quantized.info["size_ratio"] = round(quantized.info["size_bytes"] / fp32.info["size_bytes"], 4)
-            write_json(quantized.sidecar, quantized.info)
             staged.append(quantized)
         publishing: dict[Path, Path] = {}
         for artifact in staged:
@@ -156,8 +154,10 @@ def _export_quantized(
     int8: TfliteInt8Config,
     eval_set: EvalSet | None,
     fp32_logits: np.ndarray | None,
+    fp32: Path,
 ) -> tuple[TfliteArtifact, float]:
-    """`googlenet.<quantize>.tflite` and its sidecar in `stage`, with the conversion's seconds."""
+    """`googlenet.<quantize>.tflite` and its sidecar in `stage` (its size relative to the `fp32` file's), with
+    the conversion's seconds."""
     arrays = extra = None
     if quantize == "int8" and calibration is not None:
         arrays = calibration_arrays(calibration)
@@ -167,4 +167,6 @@ def _export_quantized(
     staged = stage / tflite_name(onnx_path.stem, quantize)
     staged.write_bytes(convert(loaded, quantize, io, arrays, int8))
     elapsed = time.perf_counter() - started
-    return finish_artifact(staged, loaded, onnx_path, quantize, io, extra or {}, eval_set, fp32_logits), elapsed
+    size = fp32.stat().st_size
+    artifact = finish_artifact(staged, loaded, onnx_path, quantize, io, extra or {}, eval_set, fp32_logits, size)
+    return artifact, elapsed

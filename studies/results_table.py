@@ -16,7 +16,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from benchmarks.run import RunOptions, report_table, run
+from benchmarks.run import RunOptions, run
+from benchmarks.table import report_table
 from edge_runtime.device_runner import thread_list, whole_number
 from export import ui
 from export.artifacts import write_json
