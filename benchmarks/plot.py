@@ -5,9 +5,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from edge_runtime.formats import FORMATS
 from export.errors import ToolkitError
 
-MARKERS = {"onnx": "o", "tflite": "s"}
+# one marker shape per format, in table order
+MARKERS = {f.name: marker for f, marker in zip(FORMATS, "osD^v<>p", strict=False)}
 
 
 def require_matplotlib():
