@@ -1,9 +1,10 @@
 """Measure a model the same way on the host and on a device (Raspberry Pi, a phone with Python).
 
-Standalone on purpose: Python >= 3.9, numpy, and onnxruntime or ai-edge-litert; no other file of this
-repository. The host benchmark runs `measure` in a fresh subprocess per artifact (so the peak RSS is that
-model's own) and takes its accuracy metrics from here; `python -m benchmarks bundle` ships this file as
-`run.py`, where `main()` validates the bundle and writes `results-<hostname>.json` in the report schema.
+Standalone on purpose: Python >= 3.9, numpy, and onnxruntime or ai-edge-litert; of this repository only the
+runtime core files the bundle ships beside it (`formats`, `errors`, `kernel_coverage`, `ceiling`). The host
+benchmark runs `measure` in a fresh subprocess per artifact (so the peak RSS is that model's own) and takes its
+accuracy metrics from here; `python -m benchmarks bundle` ships this file as `run.py`, where `main()` validates
+the bundle and writes `results-<hostname>.json` in the report schema.
 """
 
 from __future__ import annotations

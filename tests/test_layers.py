@@ -1,7 +1,8 @@
 """The packages import one way only: app -> benchmarks -> quantize -> export -> edge_runtime.
 
 Read from the source with `ast` (function-level imports included, and the `module:function` targets of the
-format tables' `Ref`s), so a lazy import cannot hide an upward edge. The failure message names every offending edge as `module (layer) -> imported (layer)`.
+format tables' `Ref`s), so a lazy import cannot hide an upward edge. The failure message names every offending
+edge as `module (layer) -> imported (layer)`.
 """
 
 from __future__ import annotations
