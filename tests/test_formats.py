@@ -153,3 +153,11 @@ def test_the_bundled_runner_imports_the_table_from_beside_it(tmp_path: Path) -> 
     assert (
         unknown.stderr.strip().splitlines()[-1] == "error: tiny.txt: unknown model format (expected .onnx or .tflite)"
     )
+
+
+def test_a_missing_runtime_names_its_package(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A device with one runtime skips the other format's models, saying what to install."""
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # `import onnxruntime` now raises ImportError
+    assert formats.missing_runtime("onnx") == "pip install onnxruntime to run it"
+    assert formats.missing_runtime("tflite") is None
+    assert formats.has_emulated_run("onnx", "int8") and not formats.has_emulated_run("tflite", "int8")
