@@ -41,6 +41,7 @@ RUNTIME_CORE = Path(device_runner.__file__).resolve().parent  # the standalone f
 BUNDLE_ROOT = "googlenet-bench"
 # The runtime core `run.py` imports (as the `edge_runtime` package it stands in for): standard library, numpy, runtimes.
 SHIPPED_BESIDE_RUN = ("formats.py", "errors.py", "kernel_coverage.py", "ceiling.py")
+DEVICE_INSTALL = "pip install numpy " + " ".join(f.package for f in formats.FORMATS)  # what run.py needs on a device
 
 README = """\
 # GoogLeNet benchmark bundle
@@ -51,7 +52,7 @@ labels and the FP32 reference outputs. Nothing here needs PyTorch, TensorFlow, a
 ## Raspberry Pi (or any Linux / macOS machine with Python >= 3.9)
 
     tar xf {archive}
-    pip install numpy {packages}
+    {install}
     python3 {root}/run.py
 
 `run.py` first checks every file against `manifest.json` (sha256) and refuses a corrupted bundle. It then
@@ -137,7 +138,7 @@ def build_bundle(
             images=len(ref_set.labels),
             archive=out.name,
             root=BUNDLE_ROOT,
-            packages=" ".join(f.package for f in formats.FORMATS),
+            install=DEVICE_INSTALL,
             per_format=", ".join(f"`{f.package}` for `{f.suffix}`" for f in formats.FORMATS),
         )
         (root / "README.md").write_text(readme, encoding="utf-8")
