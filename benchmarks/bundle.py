@@ -31,7 +31,7 @@ from benchmarks.run import (
     pick_reference,
     static_facts,
 )
-from edge_runtime import device_runner
+from edge_runtime import device_runner, formats
 from export import __version__, ui
 from export.artifacts import sidecar_path, staging_dir
 from export.errors import ToolkitError
@@ -39,6 +39,9 @@ from export.evaluation import predict
 
 RUNTIME_CORE = Path(device_runner.__file__).resolve().parent  # the standalone files the bundle ships
 BUNDLE_ROOT = "googlenet-bench"
+# The runtime core `run.py` imports (as the `edge_runtime` package it stands in for): standard library, numpy, runtimes.
+SHIPPED_BESIDE_RUN = ("formats.py", "errors.py", "kernel_coverage.py", "ceiling.py")
+DEVICE_INSTALL = "pip install numpy " + " ".join(f.package for f in formats.FORMATS)  # what run.py needs on a device
 
 README = """\
 # GoogLeNet benchmark bundle
@@ -49,7 +52,7 @@ labels and the FP32 reference outputs. Nothing here needs PyTorch, TensorFlow, a
 ## Raspberry Pi (or any Linux / macOS machine with Python >= 3.9)
 
     tar xf {archive}
-    pip install numpy ai-edge-litert onnxruntime
+    {install}
     python3 {root}/run.py
 
 `run.py` first checks every file against `manifest.json` (sha256) and refuses a corrupted bundle. It then
@@ -58,7 +61,7 @@ count, peak RSS), computes accuracy and agreement with the FP32 reference on the
 table and writes `results-<hostname>.json` in the same schema as `python -m benchmarks run`.
 Options: `--threads 1,2,4 --runs 50 --warmup 5 --only googlenet.int8.tflite --device "Pi 5" --out FILE`;
 `--accuracy-only` skips the timings (what `python -m benchmarks emulate` uses under QEMU, whose times mean nothing).
-Install only the runtime you need: `ai-edge-litert` for `.tflite`, `onnxruntime` for `.onnx`.
+Install only the runtime you need: {per_format}.
 
 Back on the host: `python -m benchmarks merge report.json results-*.json --out merged.json`, then
 `python -m benchmarks gate merged.json` or `python -m benchmarks plot merged.json`.
@@ -124,13 +127,19 @@ def build_bundle(
                 }
             )
         shutil.copyfile(RUNTIME_CORE / "device_runner.py", root / "run.py")
-        shutil.copyfile(RUNTIME_CORE / "kernel_coverage.py", root / "kernel_coverage.py")
-        shutil.copyfile(RUNTIME_CORE / "ceiling.py", root / "ceiling.py")
+        for name in SHIPPED_BESIDE_RUN:
+            shutil.copyfile(RUNTIME_CORE / name, root / name)
         shutil.copytree(RUNTIME_CORE / "ceiling", root / "ceiling")
         (root / "android").mkdir()
         shutil.copyfile(RUNTIME_CORE / "android_bench.py", root / "android" / "run_android.py")
         readme = README.format(
-            version=__version__, models=len(models), images=len(ref_set.labels), archive=out.name, root=BUNDLE_ROOT
+            version=__version__,
+            models=len(models),
+            images=len(ref_set.labels),
+            archive=out.name,
+            root=BUNDLE_ROOT,
+            install=DEVICE_INSTALL,
+            per_format=", ".join(f"`{f.package}` for `{f.suffix}`" for f in formats.FORMATS),
         )
         (root / "README.md").write_text(readme, encoding="utf-8")
         files = {

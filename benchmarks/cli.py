@@ -12,6 +12,7 @@ from typing import NoReturn
 from rich.console import Console
 
 from benchmarks import commands as cmd
+from edge_runtime.formats import EXPECTED
 from export.artifacts import write_json
 from export.cli import run_guarded
 from export.errors import EXIT_USAGE, one_line
@@ -35,7 +36,7 @@ class Command:
 
 
 def _configure_macs(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("file", type=Path, help="model to count (.onnx or .tflite)")
+    parser.add_argument("file", type=Path, help=f"model to count ({EXPECTED})")
     parser.add_argument("--layers", action="store_true", help="also print one row per layer")
     parser.add_argument("--json", type=Path, metavar="OUT", help="write the counts as JSON")
 

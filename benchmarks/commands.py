@@ -184,7 +184,7 @@ def configure_bundle(parser: argparse.ArgumentParser) -> None:
 
 
 def run_bundle(args: argparse.Namespace) -> int:
-    from benchmarks.bundle import build_bundle
+    from benchmarks.bundle import BUNDLE_ROOT, DEVICE_INSTALL, build_bundle
 
     if not args.eval.is_dir():
         raise ToolkitError("evaluation folder not found", args.eval)
@@ -196,7 +196,7 @@ def run_bundle(args: argparse.Namespace) -> int:
         ui.table(f"Bundle {out} ({out.stat().st_size / 1e6:.1f} MB)", ("model", "format", "precision", "size"), rows)
     )
     ui.show(f"{manifest['settings']['eval_images']} evaluation images, reference {manifest['reference']}")
-    steps = "pip install numpy ai-edge-litert onnxruntime && python3 googlenet-bench/run.py"
+    steps = f"{DEVICE_INSTALL} && python3 {BUNDLE_ROOT}/run.py"
     ui.show(f"on the device: tar xf {out.name} && {steps}")
     return 0
 

@@ -24,6 +24,7 @@ from pathlib import Path
 
 from benchmarks.emulation_env import PRIVATE_MOUNTS, EmulationEnv, in_namespace_script
 from edge_runtime import device_runner
+from edge_runtime.formats import BY_NAME
 from export import ui
 from export.errors import ToolkitError
 
@@ -180,10 +181,11 @@ def _check_emulated(report: dict, cpu: ArmCpu) -> None:
         raise ToolkitError(f"the emulated run on {cpu.name} reported platform {machine!r}, not aarch64")
     for artifact in report["artifacts"]:
         runtime = artifact.get("runtime") or {}
-        if artifact["format"] == "tflite" and not runtime.get("xnnpack"):
+        delegate = BY_NAME[artifact["format"]].delegate
+        if delegate and not runtime.get(delegate):
             raise ToolkitError(
-                f"{artifact['name']} ran without XNNPACK on {cpu.name}: a device would use it, so these int8 "
-                "results would not be the device's (the emulated CPU topology is incomplete; --rebuild)"
+                f"{artifact['name']} ran without {delegate.upper()} on {cpu.name}: a device would use it, so these "
+                "int8 results would not be the device's (the emulated CPU topology is incomplete; --rebuild)"
             )
 
 

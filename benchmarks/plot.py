@@ -7,9 +7,11 @@ import os
 from pathlib import Path
 
 from benchmarks.metrics import BY_KEY, Metric, best_threads
+from edge_runtime.formats import FORMATS
 from export.errors import ToolkitError
 
-MARKERS = {"onnx": "o", "tflite": "s"}
+# one marker shape per format, in table order
+MARKERS = {f.name: marker for f, marker in zip(FORMATS, "osD^v<>p", strict=False)}
 
 
 def require_matplotlib():

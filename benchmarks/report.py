@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from benchmarks.metrics import schema_properties
+from edge_runtime.formats import FORMATS, RUNTIMES
 from export.artifacts import read_json
 from export.errors import ToolkitError
 
@@ -57,7 +58,7 @@ ARTIFACT_SCHEMA = {
     "properties": {
         "name": {"type": "string", "description": "file name, e.g. googlenet.int8.onnx"},
         "path": {"type": "string"},
-        "format": {"enum": ["onnx", "tflite"]},
+        "format": {"enum": [f.name for f in FORMATS]},
         "precision": {"enum": ["fp32", "fp16", "int8", "dynamic"]},
         "device": {"type": "string", "description": "where it was measured (hostname or board model)"},
         **schema_properties(""),  # size_bytes, macs, activation_bytes, peak_rss_mb (benchmarks/metrics.py)
@@ -81,7 +82,7 @@ ARTIFACT_SCHEMA = {
             "description": "what the runtime ran on this device: compute ops in int8 vs float kernels",
             "required": ["runtime", "compute_ops", "int8_compute_ops"],
             "properties": {
-                "runtime": {"enum": ["onnxruntime", "litert"]},
+                "runtime": {"enum": list(RUNTIMES)},
                 "compute_ops": {"type": "integer"},
                 "int8_compute_ops": {"type": "integer"},
                 "float_compute_ops": {"type": "integer"},

@@ -1,7 +1,7 @@
 """`python -m benchmarks run`: every artifact side by side (size, MACs, memory, latency, accuracy drift).
 
-Gathers, never re-implements: counting from `export.inspect_onnx`, activation memory from
-`benchmarks.memory`, latency and peak RSS from `edge_runtime.device_runner` (in a fresh subprocess per
+Gathers, never re-implements: counting, ops and activation memory from each format's row in
+`export.backends`, latency and peak RSS from `edge_runtime.device_runner` (in a fresh subprocess per
 artifact, the same code a device runs), preprocessing and labels from each artifact's own sidecar.
 """
 
@@ -9,24 +9,24 @@ from __future__ import annotations
 
 import json
 import tempfile
-from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from benchmarks.report import validate_report
-from edge_runtime import ceiling, device_runner, kernel_coverage
+from edge_runtime import ceiling, device_runner, formats, kernel_coverage
 from export import __version__, ui
 from export.artifact_record import read_sidecar
-from export.artifacts import read_onnx_metadata, read_tflite_metadata, sidecar_path
+from export.artifacts import sidecar_path
+from export.backends import REFERENCE, backend, backend_of
 from export.errors import ToolkitError
 from export.evaluation import EvalSet, load_eval_set, predict
 from export.images import list_images
 from export.labels import LabelSet
+from export.paths import MODEL_STEM
 from export.preprocess import Preprocess
 
-MODEL_SUFFIXES = (".onnx", ".tflite")
 DEFAULT_ARTIFACTS = Path("artifacts")
 
 
@@ -49,33 +49,30 @@ def discover(paths: list[Path]) -> list[Path]:
     for path in paths or [DEFAULT_ARTIFACTS]:
         path = Path(path)
         if path.is_dir():
-            found += sorted(p for p in path.iterdir() if p.suffix.lower() in MODEL_SUFFIXES and p.is_file())
+            found += sorted(p for p in path.iterdir() if formats.is_model(p) and p.is_file())
         elif path.is_file():
-            if path.suffix.lower() not in MODEL_SUFFIXES:
-                raise ToolkitError("not a model (expected .onnx or .tflite)", path)
+            if not formats.is_model(path):
+                raise ToolkitError(f"not a model (expected {formats.EXPECTED})", path)
             found.append(path)
         else:
             raise ToolkitError("no such file or folder", path)
     if not found:
-        raise ToolkitError("no .onnx or .tflite models to benchmark", paths[0] if paths else DEFAULT_ARTIFACTS)
+        given = paths[0] if paths else DEFAULT_ARTIFACTS
+        raise ToolkitError(f"no {' or '.join(formats.MODEL_SUFFIXES)} models to benchmark", given)
     return list(dict.fromkeys(found))
 
 
 def describe_artifact(path: Path) -> dict:
     """Format, precision, preprocessing and labels: from the sidecar, else the metadata inside the file."""
-    fmt = path.suffix.lower().lstrip(".")
+    row = backend_of(path)
     info = read_sidecar(path) if sidecar_path(path).is_file() else {}
     if not info:
-        if fmt == "onnx":
-            meta = read_onnx_metadata(path)
-            info = {k: json.loads(v) if k in ("labels", "preprocess") else v for k, v in meta.items()}
-        else:
-            info = read_tflite_metadata(path)
+        info = row.read_metadata(path)
     if "preprocess" not in info:
         raise ToolkitError("no preprocessing recorded (no sidecar JSON, no metadata): re-export it", path)
     _check_parent(path, info)
     precision = info.get("precision") or _precision_from_name(path.name)
-    return {"format": fmt, "precision": precision, "preprocess": info["preprocess"], "labels": info.get("labels")}
+    return {"format": row.name, "precision": precision, "preprocess": info["preprocess"], "labels": info.get("labels")}
 
 
 def _check_parent(path: Path, info: dict) -> None:
@@ -99,23 +96,16 @@ def _precision_from_name(name: str) -> str:
 
 
 def pick_reference(artifacts: list[Path], described: dict[Path, dict], explicit: Path | None) -> Path | None:
-    """`--reference`, else the FP32 ONNX among the artifacts (or beside them)."""
+    """`--reference`, else the reference format's FP32 model among the artifacts (or beside them)."""
     if explicit is not None:
         if not explicit.is_file():
             raise ToolkitError("reference model not found", explicit)
         return explicit
     for path in artifacts:
-        if described[path]["format"] == "onnx" and described[path]["precision"] == "fp32":
+        if backend(described[path]["format"]).reference and described[path]["precision"] == "fp32":
             return path
-    beside = artifacts[0].parent / "googlenet.onnx"
+    beside = artifacts[0].parent / f"{MODEL_STEM}{REFERENCE.suffix}"
     return beside if beside.is_file() else None
-
-
-def onnx_op_histogram(path: Path) -> dict[str, int]:
-    import onnx
-
-    model = onnx.load(str(path), load_external_data=False)
-    return dict(sorted(Counter(node.op_type for node in model.graph.node).items()))
 
 
 class EvalInputs:
@@ -147,25 +137,18 @@ def eval_paths(eval_dir: Path, size: int | None, seed: int) -> list[Path]:
 
 
 def evaluation_runner(path: Path, emulate: bool = False):
-    from edge_runtime.sessions import OnnxRunner, TfliteRunner, throughput_runner
-
-    if path.suffix.lower() == ".onnx":
-        return OnnxRunner(path, threads=1, optimize=False) if emulate else throughput_runner(path)
-    return TfliteRunner(path, threads=1)
+    return backend_of(path).eval_runner(path, emulate=emulate)
 
 
 def static_facts(path: Path, layers: bool) -> dict:
     """What the graph says: parameters, MACs, ops, activation memory (the same on every device)."""
-    from benchmarks.memory import activation_bytes
-    from edge_runtime.sessions import tflite_op_histogram
-    from export.inspect_onnx import count_file
-
-    counts = count_file(path)
+    row = backend_of(path)
+    counts = row.count(path)
     facts: dict = {
         "params": counts.params,
         "macs": counts.macs,
-        "ops": onnx_op_histogram(path) if path.suffix.lower() == ".onnx" else tflite_op_histogram(path),
-        "activation_bytes": activation_bytes(path)["activation_bytes"],
+        "ops": row.op_histogram(path),
+        "activation_bytes": row.activation_memory(path)["activation_bytes"],
     }
     if layers:
         facts["layers"] = counts.to_dict()["layers"]
@@ -220,7 +203,7 @@ def run(options: RunOptions) -> dict:
             warn_if_mostly_float(entry)
             entries.append(entry)
     ui.step("measuring this machine's ceiling (one large convolution per runtime and precision)")
-    ceiling_gmacs = ceiling.measure_ceiling(options.threads, device_runner.open_session, ceiling.runtimes_of(entries))
+    ceiling_gmacs = ceiling.measure_ceiling(options.threads, ceiling.runtimes_of(entries))
     ceiling.attach_ceiling(entries, ceiling_gmacs)
     report = {
         "schema_version": device_runner.SCHEMA_VERSION,
@@ -260,7 +243,7 @@ def _accuracy(path: Path, info: dict, inputs, reference: Path | None, reference_
     else:
         logits = predict(evaluation_runner(path), eval_set.inputs, f"Evaluating {path.name}")
     block = device_runner.accuracy_block(logits, eval_set.labels, reference_logits, ref_name)
-    if device_runner.has_emulated_run(info["format"], info["precision"]):
+    if formats.has_emulated_run(info["format"], info["precision"]):
         emulated = predict(evaluation_runner(path, emulate=True), eval_set.inputs, f"Evaluating {path.name} (emulated)")
         block["emulated"] = device_runner.accuracy_block(emulated, eval_set.labels, reference_logits, ref_name)
     return block

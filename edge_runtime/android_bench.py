@@ -25,6 +25,9 @@ import sys
 from pathlib import Path
 
 SCHEMA_VERSION = 1
+# LiteRT's row of edge_runtime/formats.py, the one format benchmark_model runs. Written here, not imported: this
+# tool runs from the bundle's android/ folder on the standard library alone (tests pin the two equal).
+FORMAT, MODEL_SUFFIX = "tflite", ".tflite"
 DEVICE_DIR = "/data/local/tmp"
 DEVICE_BINARY = f"{DEVICE_DIR}/benchmark_model"
 BINARY_NAMES = ("benchmark_model", "android_aarch64_benchmark_model", "android_arm_benchmark_model")
@@ -412,7 +415,7 @@ def model_precision(path: Path) -> str:
 def find_models(folder: Path) -> list[Path]:
     if not folder.is_dir():
         raise BenchError(f"{folder}: no such folder (pass --models DIR with the .tflite files)")
-    models = sorted(path for path in folder.iterdir() if path.suffix == ".tflite" and path.is_file())
+    models = sorted(path for path in folder.iterdir() if path.suffix == MODEL_SUFFIX and path.is_file())
     if not models:
         raise BenchError(f"{folder}: no .tflite files (pass --models DIR with the .tflite files)")
     return models
@@ -465,7 +468,7 @@ def measure_model(path: Path, args: argparse.Namespace, device: str) -> dict:
     artifact = {
         "name": path.name,
         "path": str(path),
-        "format": "tflite",
+        "format": FORMAT,
         "precision": model_precision(path),
         "device": device,
         "size_bytes": path.stat().st_size,

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
+from edge_runtime.formats import BY_NAME, format_of, open_session
+
 CEILING_MACS = 256 * 256 * 28 * 28
 CEILING_DIR = Path(__file__).resolve().parent / "ceiling"
 # (runtime, precision) -> model files; for several, the fastest counts (the kernel a host prefers)
@@ -25,28 +27,26 @@ CEILING_MODELS = {
     ("litert", "fp32"): ("ceiling.tflite",),
     ("litert", "int8"): ("ceiling.int8.tflite",),
 }
+CEILING_INPUT = {"NCHW": (1, 256, 28, 28), "NHWC": (1, 28, 28, 256)}  # by the format's input layout
 
 
-# input layouts: ONNX NCHW, TFLite NHWC
-CEILING_INPUT = {".onnx": (1, 256, 28, 28), ".tflite": (1, 28, 28, 256)}
-
-
-def _runner(path: Path, threads: int, open_session):
+def _runner(path: Path, threads: int):
     session = open_session(path, threads)
-    sample = np.random.default_rng(0).uniform(-2, 2, CEILING_INPUT[path.suffix]).astype(np.float32)
+    shape = CEILING_INPUT[format_of(path).layout]
+    sample = np.random.default_rng(0).uniform(-2, 2, shape).astype(np.float32)
     return lambda: session(sample)
 
 
-def measure_ceiling(threads: list, open_session, runtimes: set, runs: int = 15, folder: Path = CEILING_DIR) -> dict:
+def measure_ceiling(threads: list, runtimes: set, runs: int = 15, folder: Path = CEILING_DIR) -> dict:
     """{runtime: {precision: {threads: GMAC/s}}} for the runtimes given. One runtime at a time (ONNX Runtime's
     idle workers spin after each run and would steal a core from LiteRT), its models timed interleaved
-    (round-robin), so a busy machine slows them alike. `open_session(path, threads)` is the device runner's (a
-    callable batch -> output), so the ceiling runs in exactly the sessions (and XNNPACK setup) models get."""
+    (round-robin), so a busy machine slows them alike. Sessions come from `formats.open_session`, the device
+    runner's, so the ceiling runs in exactly the sessions (and XNNPACK setup) models get."""
     result: dict = {}
     for count in threads:
         for runtime in sorted(runtimes, reverse=True):  # onnxruntime, then litert
             runners = {
-                (precision, name): _runner(folder / name, count, open_session)
+                (precision, name): _runner(folder / name, count)
                 for (owner, precision), names in CEILING_MODELS.items()
                 if owner == runtime
                 for name in names
@@ -76,16 +76,13 @@ def ceiling_share(macs: int, median_ms: float, ceiling: dict, runtime: str, prec
     return round(achieved, 2), (round(achieved / peak, 3) if peak else None)
 
 
-RUNTIME_OF_FORMAT = {"onnx": "onnxruntime", "tflite": "litert"}
-
-
 def attach_ceiling(entries: list, ceiling: dict) -> None:
     """Give each timed report entry `ceiling` = {threads: {gmacs, share}}: its achieved GMAC/s (MACs per
     image / median latency) and that as a share of this machine's ceiling for its runtime and precision."""
     for entry in entries:
         if not entry.get("macs") or not entry.get("latency_ms"):
             continue
-        runtime = RUNTIME_OF_FORMAT.get(entry["format"], "")
+        runtime = BY_NAME[entry["format"]].runtime if entry["format"] in BY_NAME else ""
         per_threads = {}
         for threads, stats in entry["latency_ms"].items():
             gmacs, share = ceiling_share(entry["macs"], stats["median"], ceiling, runtime, entry["precision"], threads)
@@ -94,4 +91,4 @@ def attach_ceiling(entries: list, ceiling: dict) -> None:
 
 
 def runtimes_of(entries: list) -> set:
-    return {RUNTIME_OF_FORMAT[e["format"]] for e in entries if e["format"] in RUNTIME_OF_FORMAT}
+    return {BY_NAME[e["format"]].runtime for e in entries if e["format"] in BY_NAME}

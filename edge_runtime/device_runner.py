@@ -1,9 +1,10 @@
 """Measure a model the same way on the host and on a device (Raspberry Pi, a phone with Python).
 
-Standalone on purpose: Python >= 3.9, numpy, and onnxruntime or ai-edge-litert; no other file of this
-repository. The host benchmark runs `measure` in a fresh subprocess per artifact (so the peak RSS is that
-model's own) and takes its accuracy metrics from here; `python -m benchmarks bundle` ships this file as
-`run.py`, where `main()` validates the bundle and writes `results-<hostname>.json` in the report schema.
+Standalone on purpose: Python >= 3.9, numpy, and onnxruntime or ai-edge-litert; of this repository only the
+runtime core files the bundle ships beside it (`formats`, `errors`, `kernel_coverage`, `ceiling`). The host
+benchmark runs `measure` in a fresh subprocess per artifact (so the peak RSS is that model's own) and takes its
+accuracy metrics from here; `python -m benchmarks bundle` ships this file as `run.py`, where `main()` validates
+the bundle and writes `results-<hostname>.json` in the report schema.
 """
 
 from __future__ import annotations
@@ -23,20 +24,27 @@ from pathlib import Path
 import numpy as np
 
 
-def _sibling(name: str):
-    """A standalone module that sits beside this file, here (edge_runtime/) and in the device bundle alike."""
+def _core(name: str):
+    """A module of the runtime core, `edge_runtime.<name>`, here and in the device bundle alike. Run as a script
+    (the bundle's `run.py` under `python -I`, the measurement subprocess), nothing puts this folder on sys.path:
+    it then stands in for the `edge_runtime` package, so the modules beside it import each other as on the host."""
+    import importlib
     import importlib.util
+    from importlib.machinery import ModuleSpec
 
-    spec = importlib.util.spec_from_file_location(
-        f"googlenet_edge_{name}", Path(__file__).resolve().parent / f"{name}.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    if not __package__ and "edge_runtime" not in sys.modules:
+        spec = ModuleSpec("edge_runtime", None, is_package=True)
+        spec.submodule_search_locations = [str(Path(__file__).resolve().parent)]
+        sys.modules["edge_runtime"] = importlib.util.module_from_spec(spec)
+    return importlib.import_module(f"edge_runtime.{name}")
 
 
-kernel_coverage = _sibling("kernel_coverage")
-ceiling = _sibling("ceiling")
+formats = _core("formats")
+kernel_coverage = _core("kernel_coverage")
+ceiling = _core("ceiling")
+errors = _core("errors")
+RunnerError = errors.RunnerError
+open_session = formats.open_session
 
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
@@ -54,10 +62,6 @@ ISA_FLAGS = {
     "i8mm": "i8mm",
     "sve": "sve",
 }
-
-
-class RunnerError(Exception):
-    """Bad input (a corrupted bundle, a missing file, an unknown format): one line, exit 2."""
 
 
 # ---------------------------------------------------------------- metrics (shared with the host reports)
@@ -237,119 +241,6 @@ def host_facts() -> dict:
     return facts
 
 
-# ---------------------------------------------------------------- sessions
-
-
-def litert_interpreter_class():
-    """ai-edge-litert (maintained); the abandoned tflite-runtime only as a fallback."""
-    try:
-        from ai_edge_litert.interpreter import Interpreter
-    except ImportError:
-        try:
-            from tflite_runtime.interpreter import Interpreter
-        except ImportError:
-            raise RunnerError("no TFLite runtime: pip install ai-edge-litert") from None
-    return Interpreter
-
-
-class OnnxSession:
-    """An ONNX Runtime CPU session; `optimize=False` runs a QDQ model's int8 arithmetic emulated in float."""
-
-    def __init__(self, path: str | Path, threads: int = 0, optimize: bool = True) -> None:
-        try:
-            import onnxruntime as ort
-        except ImportError:
-            raise RunnerError("no ONNX runtime: pip install onnxruntime") from None
-        options = ort.SessionOptions()
-        options.log_severity_level = 3
-        if threads:
-            options.intra_op_num_threads = threads
-            options.inter_op_num_threads = 1
-        if not optimize:
-            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        self.input_name = self.session.get_inputs()[0].name
-        outputs = [o.name for o in self.session.get_outputs()]
-        self.output_name = "logits" if "logits" in outputs else outputs[0]
-        self.fixed_batch = self.session.get_inputs()[0].shape[0]
-
-    def __call__(self, batch: np.ndarray) -> np.ndarray:
-        if isinstance(self.fixed_batch, int) and batch.shape[0] != self.fixed_batch:
-            step = self.fixed_batch
-            return np.concatenate([self(batch[i : i + step]) for i in range(0, len(batch), step)])
-        return self.session.run([self.output_name], {self.input_name: batch})[0]
-
-
-def delegate_nodes(interpreter) -> int:
-    """How many delegate kernels the interpreter runs: > 0 means XNNPACK (LiteRT's default CPU delegate) took
-    over those parts of the graph; 0 means the interpreter's built-in kernels run everything, which compute int8
-    differently (LiteRT skips XNNPACK, for instance, where it cannot read the CPU's topology)."""
-    try:
-        return sum(op["op_name"] == "DELEGATE" for op in interpreter._get_ops_details())
-    except Exception:  # a runtime without the op inspection API
-        return -1
-
-
-class TfliteSession:
-    """A LiteRT interpreter taking float batches in the artifact's preprocessing (NHWC); integer I/O is
-    quantized on the way in and dequantized on the way out, so every model returns float logits."""
-
-    def __init__(self, path: str | Path, threads: int | None = None) -> None:
-        self.interpreter = litert_interpreter_class()(model_path=str(path), num_threads=threads)
-        self.interpreter.allocate_tensors()
-        self.delegated_nodes = delegate_nodes(self.interpreter)
-        self.input = self.interpreter.get_input_details()[0]
-        self.output = self.interpreter.get_output_details()[0]
-
-    def _quantize(self, image: np.ndarray) -> np.ndarray:
-        dtype = self.input["dtype"]
-        if dtype == np.float32:
-            return image.astype(np.float32)
-        scale, zero_point = self.input["quantization"]
-        info = np.iinfo(dtype)
-        return np.clip(np.round(image / scale + zero_point), info.min, info.max).astype(dtype)
-
-    def __call__(self, batch: np.ndarray) -> np.ndarray:
-        outputs = []
-        for image in batch:
-            self.interpreter.set_tensor(self.input["index"], self._quantize(image)[None])
-            self.interpreter.invoke()
-            logits = self.interpreter.get_tensor(self.output["index"])[0]
-            if self.output["dtype"] != np.float32:
-                scale, zero_point = self.output["quantization"]
-                logits = (logits.astype(np.float32) - zero_point) * scale
-            outputs.append(np.asarray(logits, dtype=np.float32))
-        return np.stack(outputs)
-
-
-def open_session(path: str | Path, threads: int = 0, emulate: bool = False):
-    """A callable batch -> float logits for a `.onnx` (ONNX Runtime) or `.tflite` (LiteRT) file."""
-    suffix = Path(path).suffix.lower()
-    try:
-        if suffix == ".onnx":
-            return OnnxSession(path, threads, optimize=not emulate)
-        if suffix == ".tflite":
-            return TfliteSession(path, threads or None)
-    except RunnerError:
-        raise
-    except Exception as exc:
-        first = next((line for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
-        raise RunnerError(f"{path}: the runtime cannot load the model ({first.strip()[:200]})") from None
-    raise RunnerError(f"{path}: unknown model format (expected .onnx or .tflite)")
-
-
-def _missing_runtime(fmt: str) -> str | None:
-    """Why this machine cannot run a `fmt` model (a device may have only one of the two runtimes), or None."""
-    try:
-        if fmt == "onnx":
-            import onnxruntime  # noqa: F401
-        elif fmt == "tflite":
-            litert_interpreter_class()
-    except (ImportError, RunnerError):
-        return "pip install onnxruntime to run it" if fmt == "onnx" else "pip install ai-edge-litert to run it"
-    return None
-
-
 def predict(session, inputs: np.ndarray, batch_size: int = 16) -> np.ndarray:
     return np.concatenate([session(inputs[i : i + batch_size]) for i in range(0, len(inputs), batch_size)])
 
@@ -502,7 +393,7 @@ def run_bundle(
     for model in manifest["models"]:
         if only and model["name"] not in only:
             continue
-        missing = _missing_runtime(model["format"])
+        missing = formats.missing_runtime(model["format"])
         if missing:
             print(f"skipping {model['name']}: {missing}", file=sys.stderr, flush=True)
             continue
@@ -529,22 +420,17 @@ def run_bundle(
         entry["kernels"] = kernel_coverage.coverage(root / model["file"], sample, model.get("layer_macs"))
         artifacts.append(entry)
     if not artifacts:
-        raise RunnerError("nothing measured: pip install ai-edge-litert (for .tflite) or onnxruntime (for .onnx)")
+        packages = " or ".join(f"{f.package} (for {f.suffix})" for f in formats.FORMATS)
+        raise RunnerError(f"nothing measured: pip install {packages}")
     settings = {"threads": [] if accuracy_only else threads, "runs": 0 if accuracy_only else runs, "warmup": warmup}
     settings.update(manifest.get("settings", {}), eval_threads=eval_threads)
     report = {"schema_version": SCHEMA_VERSION, "host": facts, "settings": settings, "artifacts": artifacts}
     if not accuracy_only:
         print("measuring this device's ceiling ...", file=sys.stderr, flush=True)
-        gmacs = ceiling.measure_ceiling(threads, open_session, ceiling.runtimes_of(artifacts))
+        gmacs = ceiling.measure_ceiling(threads, ceiling.runtimes_of(artifacts))
         ceiling.attach_ceiling(artifacts, gmacs)
         report["ceiling"] = {"macs": ceiling.CEILING_MACS, "gmacs": gmacs}
     return round_floats(report)  # type: ignore[return-value]
-
-
-def has_emulated_run(fmt: str, precision: str) -> bool:
-    """An int8 ONNX is also run with graph optimisations off: int8 arithmetic emulated in float, the same on any
-    CPU (ONNX Runtime's x86 u8s8 kernels can saturate where ARM and VNNI devices do not)."""
-    return fmt == "onnx" and precision == "int8"
 
 
 def _predict_with_progress(session, inputs: np.ndarray, label: str, batch_size: int = 4) -> np.ndarray:
@@ -570,14 +456,15 @@ def evaluate(
     what the runtime ran it with (for LiteRT: how many XNNPACK delegate kernels)."""
     session = open_session(path, threads)
     runtime = {"threads": threads}
-    if isinstance(session, TfliteSession):
-        runtime.update(xnnpack=session.delegated_nodes > 0, delegate_nodes=session.delegated_nodes)
+    delegate = formats.format_of(path).delegate
+    if delegate:
+        runtime.update({delegate: session.delegated_nodes > 0, "delegate_nodes": session.delegated_nodes})
     if labels is None and reference is None:
         return None, runtime
     labels = labels if labels is not None else np.full(len(inputs), -1)
     logits = _predict_with_progress(session, inputs, model["name"])
     block = accuracy_block(logits, labels, reference, reference_name)
-    if float_emulation and has_emulated_run(model["format"], model["precision"]):
+    if float_emulation and formats.has_emulated_run(model["format"], model["precision"]):
         emulated = predict(open_session(path, threads, emulate=True), inputs)
         block["emulated"] = accuracy_block(emulated, labels, reference, reference_name)
     return block, runtime
@@ -676,7 +563,7 @@ def main(argv: list[str] | None = None) -> int:
             args.accuracy_only,
             args.eval_threads,
         )
-    except RunnerError as exc:
+    except errors.ToolkitError as exc:  # RunnerError's base: every one-line error of the runtime core
         print(f"error: {exc}", file=sys.stderr)
         return 2
     out = args.out or Path(f"results-{socket.gethostname()}.json")

@@ -1,5 +1,5 @@
 """The user-facing error type, here at the bottom so the runtime core raises it too (`export.errors`
-re-exports it with the CLI's exit codes)."""
+re-exports it with the CLI's exit codes). Standard library only: the device bundle ships it."""
 
 from __future__ import annotations
 
@@ -16,6 +16,10 @@ class ToolkitError(Exception):
         self.path = None if path is None else str(path)
         self.problem = message  # without the path, for lists that already name the file
         super().__init__(f"{self.path}: {message}" if self.path else message)
+
+
+class RunnerError(ToolkitError):
+    """The runtime core's bad input (a corrupted bundle, a missing runtime or file): one line, exit 2."""
 
 
 def one_line(exc: BaseException) -> str:

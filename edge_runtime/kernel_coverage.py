@@ -136,18 +136,8 @@ def _histogram(values) -> dict[str, int]:
 
 
 def coverage(path: str | Path, sample: np.ndarray, layer_macs: list[list] | None = None) -> dict:
-    """The kernel coverage of one model file on this CPU (see `summarize`)."""
-    if str(path).lower().endswith(".onnx"):
-        return {"runtime": "onnxruntime", **summarize(onnx_nodes(path, sample), layer_macs)}
-    from_runner = _litert_interpreter(path)
-    return {"runtime": "litert", **summarize(tflite_nodes(from_runner), layer_macs)}
+    """The kernel coverage of one model file on this CPU (see `summarize`), read the way its format's row says."""
+    from edge_runtime.formats import format_of
 
-
-def _litert_interpreter(path: str | Path):
-    try:
-        from ai_edge_litert.interpreter import Interpreter
-    except ImportError:
-        from tflite_runtime.interpreter import Interpreter
-    interpreter = Interpreter(model_path=str(path), num_threads=1)
-    interpreter.allocate_tensors()
-    return interpreter
+    fmt = format_of(path)
+    return {"runtime": fmt.runtime, **summarize(fmt.kernel_nodes(path, sample), layer_macs)}

@@ -8,8 +8,8 @@ from typing import Protocol
 
 import numpy as np
 
-from edge_runtime.device_runner import OnnxSession, RunnerError, TfliteSession
-from edge_runtime.errors import ToolkitError, one_line
+from edge_runtime.errors import RunnerError, ToolkitError, one_line
+from edge_runtime.formats import OnnxSession, TfliteSession
 
 
 class Runner(Protocol):
@@ -39,6 +39,16 @@ def throughput_runner(path: str | Path, optimize: bool = True) -> OnnxRunner:
     side by side evaluate 5-20% faster on two cores (measured here, most for emulated int8).
     """
     return OnnxRunner(path, threads=1, optimize=optimize, workers=os.cpu_count() or 1)
+
+
+def onnx_eval_runner(path: str | Path, emulate: bool = False) -> OnnxRunner:
+    """For evaluating many images (`throughput_runner`); `emulate`: graph optimisations off, one thread."""
+    return OnnxRunner(path, threads=1, optimize=False) if emulate else throughput_runner(path)
+
+
+def tflite_eval_runner(path: str | Path, emulate: bool = False) -> TfliteRunner:
+    """One single-threaded interpreter (not thread-safe); LiteRT has no emulated int8 run."""
+    return TfliteRunner(path, threads=1)
 
 
 def run_batches(runner: Runner, inputs: np.ndarray, batch_size: int = 16) -> np.ndarray:

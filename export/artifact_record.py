@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from edge_runtime.device_runner import file_sha256, round_floats
+from edge_runtime.formats import FORMATS
 from export.artifacts import MODEL_IDENTITY_KEYS, read_json, sidecar_path, write_json
 from export.errors import ToolkitError
 
@@ -48,7 +49,7 @@ def _field(schema: dict, description: str, exact: bool = False) -> Any:
 class ArtifactRecord:
     """What a sidecar holds, for every format; which fields each kind must have: `REQUIRED`."""
 
-    format: str = field(metadata={"schema": {"enum": ["onnx", "tflite"], "description": "file format"}})
+    format: str = field(metadata={"schema": {"enum": [f.name for f in FORMATS], "description": "file format"}})
     precision: str = field(
         metadata={"schema": {"enum": ["fp32", "fp16", "int8", "dynamic"], "description": "weights/compute"}}
     )

@@ -155,6 +155,12 @@ def read_onnx_metadata(path: Path) -> dict[str, str]:
     return {p.key: p.value for p in model.metadata_props}
 
 
+def read_onnx_info(path: Path) -> dict:
+    """The toolkit's metadata of an ONNX file, its JSON values (labels, preprocessing) decoded."""
+    meta = read_onnx_metadata(path)
+    return {k: json.loads(v) if k in ("labels", "preprocess") else v for k, v in meta.items()}
+
+
 TFLITE_METADATA_NAME = "googlenet_edge"
 # Which network and weights an artifact is, and what it costs: every artifact carries these, whatever its format.
 MODEL_IDENTITY_KEYS = ("arch", "num_classes", "weights", "weights_format", "weights_sha256", "params", "macs")

@@ -26,12 +26,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="format", metavar="FORMAT", required=True, parser_class=OneLineParser)
     for fmt in export_formats().values():
-        fmt_parser = sub.add_parser(fmt.name, help=fmt.description, description=fmt.description)
-        for key in fmt.options:
+        row = fmt.backend
+        fmt_parser = sub.add_parser(row.name, help=row.description, description=row.description)
+        for key in row.options:
             option = OPTIONS[key]
             fmt_parser.add_argument(*option.flags, **option.kwargs)
-        if fmt.quantize:
-            fmt_parser.add_argument("--quantize", choices=fmt.quantize, help="also write a quantized model")
+        if row.quantize:
+            fmt_parser.add_argument("--quantize", choices=row.quantize, help="also write a quantized model")
     return parser
 
 
@@ -93,8 +94,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
 
     def run() -> int:
-        from export import commands  # heavy imports only once the arguments are known to be valid
-
-        return getattr(commands, f"run_{args.format}")(args)
+        return export_formats()[args.format].command(args)  # heavy imports only once the arguments are valid
 
     return run_guarded(run)

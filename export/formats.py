@@ -1,7 +1,8 @@
-"""The export formats and the options each accepts: one declarative table drives the CLI.
+"""The CLI's options, and per format the functions its command runs: the app layer's part of the format table.
 
-Adding a format means adding a row here, a `run_<name>` function in `export.commands` and its route in
-`export.pipeline`; the parser, the help text and the option checks all come from this table.
+A format's row in `export.backends` (itself extending `edge_runtime.formats`) lists its options by key, its
+quantize modes and description; `FORMATS` here adds the command and exporter functions, which live in this
+layer. The parser, the help text and the option checks all come from these rows.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from export import paths
+from export.backends import Backend, Ref, backend
 from quantize.presets import CALIBRATION_METHODS, DEFAULT_CALIB_SIZE, DEFAULT_TARGET, HOST_TARGET, PRESETS
 from quantize.recipes import CLI_RECIPES, DEFAULT_RECIPE
 
@@ -133,8 +135,6 @@ OPTIONS: dict[str, Option] = {
     ),
 }
 
-QUANTIZE_OPTIONS = ("calib", "calib_size", "calibration", "target", "exclude", "int8_recipe")
-
 
 def option_default(key: str) -> Any:
     """The CLI default of option `key` (declared once, in `OPTIONS`)."""
@@ -143,32 +143,21 @@ def option_default(key: str) -> Any:
 
 @dataclass(frozen=True)
 class ExportFormat:
-    name: str
-    suffix: str
-    description: str
-    quantize: tuple[str, ...]  # allowed values of --quantize (empty: option absent)
-    options: tuple[str, ...]  # keys of OPTIONS
-    extra: str | None = None  # pip extra the format needs beyond the core install
+    """A format's command: its row in `export.backends` (options, quantize modes, ...), the function that runs
+    the parsed arguments (`export.commands`) and the one `export.pipeline.export_model` calls."""
 
+    backend: Backend
+    command: Ref  # argparse.Namespace -> exit code
+    exporter: Ref  # export.pipeline.ExportRequest -> ExportOutcome
 
-COMMON = ("weights", "num_classes", "labels", "seed", "out", "eval", "no_eval")
+    @property
+    def name(self) -> str:
+        return self.backend.name
+
 
 FORMATS: tuple[ExportFormat, ...] = (
-    ExportFormat(
-        name="onnx",
-        suffix=".onnx",
-        description="validated, simplified ONNX (ONNX Runtime and most edge runtimes)",
-        quantize=("int8",),
-        options=(*COMMON, "opset", "dynamic_batch", "no_simplify", *QUANTIZE_OPTIONS),
-    ),
-    ExportFormat(
-        name="tflite",
-        suffix=".tflite",
-        description="TFLite/LiteRT fp32 (+ int8, fp16 or dynamic-range), verified in LiteRT",
-        quantize=("int8", "fp16", "dynamic"),
-        options=(*COMMON, "calib", "calib_size", "io", "int8_recipe"),
-        extra="tflite",
-    ),
+    ExportFormat(backend("onnx"), Ref("export.commands:run_onnx"), Ref("export.pipeline:export_onnx_request")),
+    ExportFormat(backend("tflite"), Ref("export.commands:run_tflite"), Ref("export.pipeline:export_tflite_request")),
 )
 
 

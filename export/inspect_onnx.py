@@ -1,14 +1,16 @@
 """Parameters and multiply-adds of an ONNX file (float, QDQ int8 or ORT's contrib ops), in the report of
-`export.counting`; `count_file` reads either artifact format by its suffix."""
+`export.counting`; `count_file` reads a file of any format through `export.backends`."""
 
 from __future__ import annotations
 
 import math
+from collections import Counter
 from pathlib import Path
 
 import onnx
 
 from edge_runtime.kernel_coverage import is_lowered_lrn
+from export.backends import backend_of
 from export.counting import LINEAR_OPS, CountReport, LayerCount, block_of
 from export.errors import ToolkitError, one_line
 
@@ -267,9 +269,13 @@ def count_onnx(model_or_path: onnx.ModelProto | str | Path, batch: int = 1) -> C
 
 
 def count_file(path: str | Path) -> CountReport:
-    """Dispatch on the suffix: `.tflite` to the TFLite counter, anything else is read as ONNX."""
-    if Path(path).suffix.lower() == ".tflite":
-        from export.inspect_tflite import count_tflite
+    """Parameters and MACs of a model file of any format, by its row (an unknown suffix is read as ONNX)."""
+    return backend_of(path, strict=False).count(path)
 
-        return count_tflite(path)
-    return count_onnx(path)
+
+def onnx_op_histogram(path: str | Path) -> dict[str, int]:
+    """Node op types of an ONNX file -> count, sorted (without loading external weights)."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    return dict(sorted(Counter(node.op_type for node in model.graph.node).items()))

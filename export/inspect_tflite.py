@@ -1,5 +1,5 @@
 """Parameters and multiply-adds of a `.tflite` file, in the same report (and layer names) as the torch and
-ONNX counters (`export.counting`, `export.inspect_onnx`); `TfliteGraph` is also what `benchmarks.memory` reads."""
+ONNX counters (`export.counting`, `export.inspect_onnx`); `TfliteGraph` is also what `export.memory` reads."""
 
 from __future__ import annotations
 

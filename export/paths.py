@@ -9,6 +9,7 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 SHARED_ENV = "GOOGLENET_SHARED"
 WEIGHTS_ENV = "GOOGLENET_WEIGHTS"
 DEFAULT_OUT = Path("artifacts")
+MODEL_STEM = "googlenet"  # googlenet.onnx, googlenet.int8.tflite, ...
 
 
 def shared_dir() -> Path:

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 from export import ui
 from export.artifacts import check_out_dir, publish, staging_dir
 from export.errors import ToolkitError
+from export.formats import export_formats
 from export.images import list_images
 from export.onnx_export import DEFAULT_OPSET, OnnxExportOptions, OnnxExportResult, check_opset, export_onnx
 from export.paths import DEFAULT_OUT
@@ -33,8 +34,6 @@ from quantize.recipes import DEFAULT_RECIPE
 if TYPE_CHECKING:  # heavy (onnxruntime's quantizer, TensorFlow): imported when the format needs them
     from export.tflite_export import TfliteExportResult
     from quantize.onnx_int8 import Int8Result
-
-FORMATS = {"onnx": ("int8",), "tflite": ("int8", "fp16", "dynamic")}  # format -> its --quantize modes
 
 
 @dataclass
@@ -165,16 +164,16 @@ def export_model(format: str, **choices) -> ExportOutcome:
     """
     request = ExportRequest(format, **choices)
     request = replace(request, out=Path(request.out), exclude=tuple(request.exclude))
-    if format not in FORMATS:
-        raise ToolkitError(f"unknown export format {format!r} (choose from {', '.join(FORMATS)})")
-    if request.quantize is not None and request.quantize not in FORMATS[format]:
-        raise ToolkitError(
-            f"{format} cannot be quantized to {request.quantize!r} (choose from {', '.join(FORMATS[format])})"
-        )
-    return _export_onnx(request) if format == "onnx" else _export_tflite(request)
+    formats = export_formats()
+    if format not in formats:
+        raise ToolkitError(f"unknown export format {format!r} (choose from {', '.join(formats)})")
+    modes = formats[format].backend.quantize
+    if request.quantize is not None and request.quantize not in modes:
+        raise ToolkitError(f"{format} cannot be quantized to {request.quantize!r} (choose from {', '.join(modes)})")
+    return formats[format].exporter(request)
 
 
-def _export_onnx(request: ExportRequest) -> ExportOutcome:
+def export_onnx_request(request: ExportRequest) -> ExportOutcome:
     started = time.perf_counter()
     opset = request.opset or DEFAULT_OPSET
     check_opset(opset)  # cheap checks first: no progress output before an error
@@ -246,7 +245,7 @@ def _quantize_onnx_int8(
     return q
 
 
-def _export_tflite(request: ExportRequest) -> ExportOutcome:
+def export_tflite_request(request: ExportRequest) -> ExportOutcome:
     from export.tflite_export import input_preprocess, require_tensorflow
     from quantize.recipes import recipe
     from quantize.tflite_quant import export_tflite

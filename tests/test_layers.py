@@ -1,7 +1,8 @@
 """The packages import one way only: app -> benchmarks -> quantize -> export -> edge_runtime.
 
-Read from the source with `ast` (function-level imports included), so a lazy import cannot hide an upward
-edge. The failure message names every offending edge as `module (layer) -> imported (layer)`.
+Read from the source with `ast` (function-level imports included, and the `module:function` targets of the
+format tables' `Ref`s), so a lazy import cannot hide an upward edge. The failure message names every offending
+edge as `module (layer) -> imported (layer)`.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ APP_MODULES = frozenset(
         "export.__main__",
         "export.cli",
         "export.commands",
-        "export.formats",  # the CLI's option table (it lists the int8 recipes)
+        "export.formats",  # the CLI's option table (it lists the int8 recipes) and each format's command
         "export.pipeline",
         "benchmarks.__main__",
         "benchmarks.cli",
@@ -58,7 +59,20 @@ def imported_modules(path: Path, module: str, known: set[str]) -> set[str]:
                 base = ".".join([*anchor, base] if base else anchor)
             found.add(base)
             found.update(f"{base}.{alias.name}" for alias in node.names if f"{base}.{alias.name}" in known)
+        elif _is_ref(node):
+            found.add(node.args[0].value.partition(":")[0])
     return found
+
+
+def _is_ref(node: ast.AST) -> bool:
+    """`Ref("module:function")`: a table's lazy import."""
+    return (
+        isinstance(node, ast.Call)
+        and getattr(node.func, "id", getattr(node.func, "attr", None)) == "Ref"
+        and bool(node.args)
+        and isinstance(node.args[0], ast.Constant)
+        and isinstance(node.args[0].value, str)
+    )
 
 
 def test_every_project_module_has_a_layer() -> None:
@@ -97,6 +111,9 @@ def test_runtime_core_needs_only_numpy_and_the_runtimes() -> None:
 def test_the_checker_sees_function_level_imports(tmp_path: Path) -> None:
     """The contract test itself: a lazy import inside a function is an edge like any other."""
     source = tmp_path / "probe.py"
-    source.write_text("def f():\n    from quantize.drift import drift_table\n    import benchmarks.run\n")
+    source.write_text(
+        "def f():\n    from quantize.drift import drift_table\n    import benchmarks.run\n"
+        'ROW = Ref("export.pipeline:export_onnx_request")\n'
+    )
     found = imported_modules(source, "export.probe", {"quantize.drift", "benchmarks.run"})
-    assert {"quantize.drift", "benchmarks.run"} <= found
+    assert {"quantize.drift", "benchmarks.run", "export.pipeline"} <= found

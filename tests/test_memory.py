@@ -11,8 +11,8 @@ import pytest
 from conftest import convert_tiny_tflite
 from onnx import TensorProto, helper, numpy_helper
 
-from benchmarks.memory import activation_bytes
 from export.errors import ToolkitError
+from export.memory import activation_bytes
 
 FLOAT, UINT8 = TensorProto.FLOAT, TensorProto.UINT8
 CONV1_OUT = 64 * 112 * 112 * 4  # GoogLeNet's largest activation: 3.2 MB of float32

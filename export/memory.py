@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 import onnx
 
+from export.backends import backend_of
 from export.errors import ToolkitError, one_line
 from export.inspect_onnx import _fix_inputs, load_onnx
 from export.inspect_tflite import TfliteGraph
@@ -98,7 +99,7 @@ def _peak(ops: list[_Op], sizes: dict[str, int], graph_inputs: list[str], graph_
 # ------------------------------------------------------------------------------------------ ONNX
 
 
-def _onnx_activation_bytes(path: Path) -> dict[str, Any]:
+def onnx_activation_bytes(path: Path) -> dict[str, Any]:
     model = load_onnx(path)
     try:
         _fix_inputs(model.graph, 1)  # a symbolic batch counts as one image
@@ -150,7 +151,7 @@ def _onnx_activation_bytes(path: Path) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------- TFLite
 
 
-def _tflite_activation_bytes(path: Path) -> dict[str, Any]:
+def tflite_activation_bytes(path: Path) -> dict[str, Any]:
     g = TfliteGraph(path)
     constants = {t for t in range(len(g.tensors)) if g.is_constant(t) or g.tensors[t].isVariable}
     ops: list[_Op] = []
@@ -179,14 +180,11 @@ def _tflite_activation_bytes(path: Path) -> dict[str, Any]:
 
 
 def activation_bytes(path: str | Path) -> dict[str, Any]:
-    """Peak activation memory of one model in bytes, by suffix: `.tflite` read as a flatbuffer, else ONNX.
+    """Peak activation memory of one model in bytes, read by its format's row (an unknown suffix as ONNX).
 
     Returns `activation_bytes` (the peak), `peak_op` / `peak_op_index` (the op running at the peak, index
     among the ops that touch activations), `largest_tensor_bytes` / `largest_tensor`, `tensors`, `ops`,
     `order` ("graph": the stored op order) and `format`. Unknown or dynamic sizes (beyond a batch dim,
     taken as 1) are a one-line ToolkitError naming the file.
     """
-    path = Path(path)
-    if path.suffix.lower() == ".tflite":
-        return _tflite_activation_bytes(path)
-    return _onnx_activation_bytes(path)
+    return backend_of(path, strict=False).activation_memory(Path(path))
