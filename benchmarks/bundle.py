@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks.ceiling_models import ceiling_models_dir
 from benchmarks.report import validate_report
 from benchmarks.run import (
     EvalInputs,
@@ -129,7 +130,7 @@ def build_bundle(
         shutil.copyfile(RUNTIME_CORE / "device_runner.py", root / "run.py")
         for name in SHIPPED_BESIDE_RUN:
             shutil.copyfile(RUNTIME_CORE / name, root / name)
-        shutil.copytree(RUNTIME_CORE / "ceiling", root / "ceiling")
+        shutil.copytree(ceiling_models_dir(), root / "ceiling")
         (root / "android").mkdir()
         shutil.copyfile(RUNTIME_CORE / "android_bench.py", root / "android" / "run_android.py")
         readme = README.format(

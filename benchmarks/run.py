@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks.ceiling_models import ceiling_models_dir
 from benchmarks.report import validate_report
 from edge_runtime import ceiling, device_runner, formats, kernel_coverage
 from export import __version__, ui
@@ -203,7 +204,7 @@ def run(options: RunOptions) -> dict:
             warn_if_mostly_float(entry)
             entries.append(entry)
     ui.step("measuring this machine's ceiling (one large convolution per runtime and precision)")
-    ceiling_gmacs = ceiling.measure_ceiling(options.threads, ceiling.runtimes_of(entries))
+    ceiling_gmacs = ceiling.measure_ceiling(options.threads, ceiling.runtimes_of(entries), folder=ceiling_models_dir())
     ceiling.attach_ceiling(entries, ceiling_gmacs)
     report = {
         "schema_version": device_runner.SCHEMA_VERSION,
