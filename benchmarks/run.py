@@ -17,6 +17,7 @@ import numpy as np
 from benchmarks.ceiling_models import ceiling_models_dir
 from benchmarks.report import validate_report
 from edge_runtime import ceiling, device_runner, formats, kernel_coverage
+from edge_runtime.android_bench import guess_precision
 from export import __version__, ui
 from export.artifact_record import read_sidecar
 from export.artifacts import sidecar_path
@@ -72,7 +73,7 @@ def describe_artifact(path: Path) -> dict:
     if "preprocess" not in info:
         raise ToolkitError("no preprocessing recorded (no sidecar JSON, no metadata): re-export it", path)
     _check_parent(path, info)
-    precision = info.get("precision") or _precision_from_name(path.name)
+    precision = info.get("precision") or guess_precision(path.name)
     return {"format": row.name, "precision": precision, "preprocess": info["preprocess"], "labels": info.get("labels")}
 
 
@@ -87,13 +88,6 @@ def _check_parent(path: Path, info: dict) -> None:
             f"was quantized from another {parent} than the one beside it (sha256 differs); re-run the int8 export",
             path,
         )
-
-
-def _precision_from_name(name: str) -> str:
-    for precision in ("int8", "fp16", "dynamic"):
-        if f".{precision}." in name:
-            return precision
-    return "fp32"
 
 
 def pick_reference(artifacts: list[Path], described: dict[Path, dict], explicit: Path | None) -> Path | None:

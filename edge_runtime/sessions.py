@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 from typing import Protocol
@@ -71,6 +72,17 @@ class TfliteRunner(TfliteSession):
             raise ToolkitError(f"LiteRT cannot load the model ({one_line(exc)})", path) from None
 
 
+@functools.lru_cache(maxsize=1)
+def tflite_names() -> tuple[dict[int, str], dict[int, str]]:
+    """LiteRT's schema codes -> names: builtin operators (`CONV_2D`) and tensor types (`INT8`)."""
+    from ai_edge_litert import schema_py_generated as schema
+
+    def names(enum) -> dict[int, str]:
+        return {v: k for k, v in vars(enum).items() if not k.startswith("_")}
+
+    return names(schema.BuiltinOperator), names(schema.TensorType)
+
+
 def tflite_op_histogram(path: str | Path) -> dict[str, int]:
     """Ops of a .tflite file read from its flatbuffer, as `NAME[input dtype->output dtype]` -> count.
 
@@ -78,11 +90,9 @@ def tflite_op_histogram(path: str | Path) -> dict[str, int]:
     """
     from collections import Counter
 
-    from ai_edge_litert import schema_py_generated as schema
     from ai_edge_litert.tools import flatbuffer_utils
 
-    names = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
-    types = {v: k for k, v in vars(schema.TensorType).items() if not k.startswith("_")}
+    names, types = tflite_names()
     model = flatbuffer_utils.read_model(str(path))
     graph = model.subgraphs[0]
     counts: Counter[str] = Counter()

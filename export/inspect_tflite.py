@@ -7,6 +7,7 @@ import math
 from pathlib import Path
 
 from edge_runtime.kernel_coverage import is_lowered_lrn
+from edge_runtime.sessions import tflite_names
 from export.counting import CountReport, LayerCount, block_of
 from export.errors import ToolkitError, one_line
 
@@ -43,7 +44,6 @@ class TfliteGraph:
             head = handle.read(8)
         if head[4:8] != b"TFL3":  # the flatbuffer file identifier; garbage would make the reader chase offsets
             raise ToolkitError("not a TFLite model (no TFL3 file identifier)", path)
-        from ai_edge_litert import schema_py_generated as schema
         from ai_edge_litert.tools import flatbuffer_utils
 
         try:
@@ -54,8 +54,7 @@ class TfliteGraph:
             raise ToolkitError("not a TFLite model (no operators)", path)
         self.source = str(path)
         self.model, self.graph = model, model.subgraphs[0]
-        builtin = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
-        self.type_names = {v: k for k, v in vars(schema.TensorType).items() if not k.startswith("_")}
+        builtin, self.type_names = tflite_names()
         self.operators = list(self.graph.operators)
         self.ops = []
         for op in self.operators:

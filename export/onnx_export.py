@@ -92,10 +92,7 @@ def check_opset(opset: int) -> None:
 
 def torch_to_onnx(model: torch.nn.Module, preprocess_crop: int, opset: int, dynamic_batch: bool) -> onnx.ModelProto:
     """Export the eval-mode model with the dynamo exporter; LRN becomes one ONNX `LRN` node."""
-    if opset not in SUPPORTED_OPSETS:
-        raise ToolkitError(
-            f"--opset {opset} is not supported (use {SUPPORTED_OPSETS.start}-{SUPPORTED_OPSETS.stop - 1})"
-        )
+    check_opset(opset)
     example = (torch.zeros(1, 3, preprocess_crop, preprocess_crop),)
     dynamic = ({0: torch.export.Dim("batch", min=1, max=4096)},) if dynamic_batch else None
     with _quiet_exporter():

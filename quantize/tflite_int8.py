@@ -28,6 +28,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from edge_runtime.kernel_coverage import is_lowered_lrn
+from edge_runtime.sessions import tflite_names
 from export.errors import ToolkitError
 
 INT8_WEIGHT_MAX = 127  # TFLite int8 weights: symmetric, per output channel, in [-127, 127]
@@ -118,12 +119,11 @@ def bias_shifts(recorded: dict[str, list], skip: tuple[str, ...] = ()) -> dict[s
 
 def stem_tensor_names(flatbuffer: bytes) -> list[str]:
     """Output tensor names of the ops from the input up to and including the first MAX_POOL_2D."""
-    from ai_edge_litert import schema_py_generated as schema
     from ai_edge_litert.tools import flatbuffer_utils
 
     model = flatbuffer_utils.convert_bytearray_to_object(bytearray(flatbuffer))
     graph = model.subgraphs[0]
-    names = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
+    names, _ = tflite_names()
     stem = []
     for op in graph.operators:
         code = flatbuffer_utils.get_builtin_code_from_operator_code(model.operatorCodes[op.opcodeIndex])
@@ -202,10 +202,9 @@ def hybrid_classifier(flatbuffer: bytes) -> bytes:
 
 
 def _ops_of(model):
-    from ai_edge_litert import schema_py_generated as schema
     from ai_edge_litert.tools import flatbuffer_utils
 
-    names = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
+    names, _ = tflite_names()
     for op in model.subgraphs[0].operators:
         code = flatbuffer_utils.get_builtin_code_from_operator_code(model.operatorCodes[op.opcodeIndex])
         yield model, op, names.get(code)
