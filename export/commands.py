@@ -14,6 +14,7 @@ from export.errors import ToolkitError
 from export.formats import OPTIONS, option_default
 from export.onnx_export import DEFAULT_OPSET, check_opset
 from export.pipeline import check_paths, export_model
+from export.preprocess import check_io
 
 
 def _common(args: argparse.Namespace) -> dict:
@@ -66,8 +67,7 @@ def run_onnx(args: argparse.Namespace) -> int:
 
 
 def run_tflite(args: argparse.Namespace) -> int:
-    if args.io != "float32" and args.quantize != "int8":
-        raise ToolkitError(f"--io {args.io} needs --quantize int8")
+    check_io(args.io, args.quantize)
     if args.quantize != "int8" and (args.calib is not None or args.calib_size != option_default("calib_size")):
         raise ToolkitError("--calib and --calib-size only apply with --quantize int8")
     if args.quantize != "int8" and args.int8_recipe != option_default("int8_recipe"):

@@ -14,6 +14,7 @@ from typing import Any
 
 from export import paths
 from export.backends import Backend, Ref, backend
+from export.preprocess import IO_TYPES
 from quantize.presets import CALIBRATION_METHODS, DEFAULT_CALIB_SIZE, DEFAULT_TARGET, HOST_TARGET, PRESETS
 from quantize.recipes import CLI_RECIPES, DEFAULT_RECIPE
 
@@ -119,7 +120,7 @@ OPTIONS: dict[str, Option] = {
     "io": Option(
         ("--io",),
         {
-            "choices": ("float32", "int8", "uint8"),
+            "choices": IO_TYPES,
             "default": "float32",
             "help": "int8 model input/output type; uint8 takes raw RGB camera pixels (default float32)",
         },

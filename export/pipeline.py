@@ -24,7 +24,7 @@ from export.formats import export_formats
 from export.images import list_images
 from export.onnx_export import DEFAULT_OPSET, OnnxExportOptions, OnnxExportResult, check_opset, export_onnx
 from export.paths import DEFAULT_OUT
-from export.preprocess import Preprocess
+from export.preprocess import Preprocess, check_io
 from export.summaries import summarize_onnx, summarize_onnx_int8, summarize_tflite
 from export.weights import LoadedModel, RandomInitWarning, load_model
 from quantize.calibration import CalibrationSource, FolderSource, calibration_source
@@ -251,8 +251,7 @@ def export_tflite_request(request: ExportRequest) -> ExportOutcome:
     from quantize.tflite_quant import export_tflite
 
     started = time.perf_counter()
-    if request.io != "float32" and request.quantize != "int8":
-        raise ToolkitError(f"--io {request.io} needs --quantize int8")
+    check_io(request.io, request.quantize)
     int8 = recipe("tflite", request.int8_recipe)
     check_paths(request.out, request.eval_dir, request.evaluate)
     require_tensorflow()

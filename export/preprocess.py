@@ -15,6 +15,17 @@ from PIL import Image
 
 from export.errors import ToolkitError
 
+IO_TYPES = ("float32", "int8", "uint8")  # a TFLite model's input/output type; uint8 takes raw RGB camera pixels
+
+
+def check_io(io: str, quantize: str | None) -> None:
+    """The `--io` rule: a known type, and integer I/O only on an int8 model."""
+    if io not in IO_TYPES:
+        raise ToolkitError(f"unknown --io {io!r} (choose from {', '.join(IO_TYPES)})")
+    if io != "float32" and quantize != "int8":
+        raise ToolkitError(f"--io {io} needs --quantize int8")
+
+
 ResizeMode = Literal["stretch", "shorter"]
 
 

@@ -33,7 +33,6 @@ from export.weights import LoadedModel
 
 TFLITE_TOLERANCE = backend("tflite").tolerance  # max |TFLite fp32 - ONNX fp32| logit error, relative to the logit range
 QUANTIZE_MODES = ("int8", "fp16", "dynamic")
-IO_TYPES = ("float32", "int8", "uint8")
 
 
 def require_tensorflow():

@@ -16,8 +16,8 @@ import numpy as np
 from export.artifacts import publish, sidecar_path, staging_dir
 from export.errors import ToolkitError
 from export.evaluation import EvalSet
+from export.preprocess import check_io
 from export.tflite_export import (
-    IO_TYPES,
     TfliteArtifact,
     TfliteExportResult,
     export_tflite_fp32,
@@ -85,8 +85,7 @@ def convert(
     tf = require_tensorflow()
     if quantize == "int8" and (calibration is None or not len(calibration)):
         raise ToolkitError("int8 TFLite needs calibration images")
-    if quantize != "int8" and io != "float32":
-        raise ToolkitError(f"--io {io} needs --quantize int8")
+    check_io(io, quantize)
     int8 = int8 or TfliteInt8Config()
     function, module = _concrete_function(loaded, io, calibration if quantize == "int8" else None, int8)
     converter = tf.lite.TFLiteConverter.from_concrete_functions([function], module)
@@ -117,10 +116,7 @@ def export_tflite(
     `calibration`: images in the int8 model's input preprocessing (`export.tflite_export.input_preprocess`).
     `eval_set`/`fp32_logits`: the FP32 ONNX model's evaluation (NCHW), reused for the drift report.
     """
-    if io not in IO_TYPES:
-        raise ToolkitError(f"unknown --io {io!r}")
-    if io != "float32" and quantize != "int8":
-        raise ToolkitError(f"--io {io} needs --quantize int8")
+    check_io(io, quantize)
     require_tensorflow()
     int8 = int8 or TfliteInt8Config()
     result = TfliteExportResult()
