@@ -150,7 +150,7 @@ REPORT_SCHEMA = {
         "settings": {"type": "object"},
         "ceiling": {
             "type": "object",
-            "description": "the machine's measured limit: one 1x1 convolution (macs) per runtime and precision, "
+            "description": "the machine's measured limit: one 3x3 convolution (macs) per runtime and precision, "
             "GMAC/s per thread count (edge_runtime/ceiling.py)",
             "required": ["macs", "gmacs"],
             "properties": {
