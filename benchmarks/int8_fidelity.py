@@ -45,9 +45,9 @@ def figures(reference: np.ndarray, logits: np.ndarray, labels: np.ndarray) -> di
 def _onnx(fp32: Path, loaded, source, recipe: str, out: Path, inputs: np.ndarray) -> tuple[np.ndarray, float]:
     from edge_runtime.sessions import throughput_runner
     from quantize.onnx_int8 import quantize_onnx
-    from quantize.recipes import recipe as named
+    from quantize.presets import recipe as onnx_recipe
 
-    config = named("onnx", recipe)
+    config = onnx_recipe(recipe)
     quantize_onnx(fp32, source, config, out_path=out, reference=loaded.model)
     return predict(throughput_runner(out, optimize=False), inputs, "int8 ONNX (emulated)"), out.stat().st_size
 

@@ -1,7 +1,7 @@
 """`python -m benchmarks run`: every artifact side by side (size, MACs, memory, latency, accuracy drift).
 
 Gathers, never re-implements: counting, ops and activation memory from each format's row in
-`export.backends`, latency and peak RSS from `edge_runtime.device_runner` (in a fresh subprocess per
+`edge_runtime.formats`, latency and peak RSS from `edge_runtime.device_runner` (in a fresh subprocess per
 artifact, the same code a device runs), preprocessing and labels from each artifact's own sidecar.
 """
 
@@ -21,7 +21,6 @@ from edge_runtime.android_bench import guess_precision
 from export import __version__, ui
 from export.artifact_record import read_sidecar
 from export.artifacts import sidecar_path
-from export.backends import REFERENCE, backend, backend_of
 from export.errors import ToolkitError
 from export.evaluation import EvalSet, load_eval_set, predict
 from export.images import list_images
@@ -66,7 +65,7 @@ def discover(paths: list[Path]) -> list[Path]:
 
 def describe_artifact(path: Path) -> dict:
     """Format, precision, preprocessing and labels: from the sidecar, else the metadata inside the file."""
-    row = backend_of(path)
+    row = formats.format_of(path)
     info = read_sidecar(path) if sidecar_path(path).is_file() else {}
     if not info:
         info = row.read_metadata(path)
@@ -97,9 +96,9 @@ def pick_reference(artifacts: list[Path], described: dict[Path, dict], explicit:
             raise ToolkitError("reference model not found", explicit)
         return explicit
     for path in artifacts:
-        if backend(described[path]["format"]).reference and described[path]["precision"] == "fp32":
+        if formats.BY_NAME[described[path]["format"]].reference and described[path]["precision"] == "fp32":
             return path
-    beside = artifacts[0].parent / f"{MODEL_STEM}{REFERENCE.suffix}"
+    beside = artifacts[0].parent / f"{MODEL_STEM}{formats.REFERENCE.suffix}"
     return beside if beside.is_file() else None
 
 
@@ -132,13 +131,13 @@ def eval_paths(eval_dir: Path, size: int | None, seed: int) -> list[Path]:
 
 
 def evaluation_runner(path: Path, emulate: bool = False):
-    return backend_of(path).eval_runner(path, emulate=emulate)
+    return formats.format_of(path).eval_runner(path, emulate=emulate)
 
 
 def static_facts(path: Path, layers: bool) -> dict:
     """What the graph says: parameters, MACs, ops, activation memory (the same on every device)."""
-    row = backend_of(path)
-    counts = row.count(path)
+    row = formats.format_of(path)
+    counts = row.counter(path)
     facts: dict = {
         "params": counts.params,
         "macs": counts.macs,

@@ -1,14 +1,16 @@
-"""The formats the runtime core runs, one row each: the one table every layer reads a format from.
+"""Every format the toolkit knows, one row each: the only list of formats, and the only place a suffix is read.
 
-A row gives a format's file suffix, the runtime that runs it, its input layout, how to open a session (a
-callable batch -> float logits) and how to read which kernels ran. `format_of(path)` is the one place a file
-suffix is looked at; everything above (the exporters, `benchmarks run`, the bundle, the report's `format`
-enum) extends or reads these rows by name. Standalone like `device_runner.py` (numpy and a runtime only,
-imported lazily): the device bundle ships it beside `run.py`.
+A row holds all of a format's facts: suffix, runtime, layout, session and kernel reader (which the runtime core
+calls), and the export and benchmark side's (description, options, quantize modes, tolerance, inspectors,
+exporter, command). Those upper-layer functions are `Ref("module:function")` strings, like entry points: this
+module only holds them; a caller in the layer that owns the function resolves one, so the table imports nothing
+above it (tests/test_layers.py counts each Ref as an import of every module that reads that field).
+Standalone like `device_runner.py` (numpy, a runtime, importlib): the device bundle ships it beside `run.py`.
 """
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -121,8 +123,25 @@ def _litert_kernels(path: str | Path, sample: np.ndarray) -> list:
 
 
 @dataclass(frozen=True)
-class RuntimeFormat:
-    """One format as the runtimes see it (the export side adds its exporter and inspectors by `name`)."""
+class Ref:
+    """A function named `module:function`, imported on its first call: data here, resolved by its caller."""
+
+    target: str
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        module, _, name = self.target.partition(":")
+        return getattr(importlib.import_module(module), name)(*args, **kwargs)
+
+
+# Keys of `export.formats.OPTIONS`: what every format's command takes, and what only means something when quantizing.
+COMMON_OPTIONS = ("weights", "num_classes", "labels", "seed", "out", "eval", "no_eval")
+QUANTIZE_OPTIONS = ("calib", "calib_size", "calibration", "target", "exclude", "int8_recipe")
+
+
+@dataclass(frozen=True)
+class Format:
+    """Everything about one format. The first fields are the runtime core's (plain callables); the rest are
+    the toolkit's, as data and `Ref`s into the layer that owns them, which only that layer's callers resolve."""
 
     name: str  # the report's `format`, the CLI's `python -m export NAME`
     suffix: str
@@ -132,12 +151,26 @@ class RuntimeFormat:
     load_runtime: Callable[[], Any]  # raises RunnerError when this machine lacks the runtime
     open: Callable[[str | Path, int, bool], Any]  # (path, threads (0: default), emulate) -> batch -> logits
     kernel_nodes: Callable[[str | Path, np.ndarray], list]  # `kernel_coverage.summarize`'s input
+    # The export and benchmark side (`python -m export NAME`, `benchmarks run`):
+    description: str  # the CLI's help line
+    quantize: tuple[str, ...]  # allowed values of --quantize (empty: option absent)
+    options: tuple[str, ...]  # keys of export.formats.OPTIONS
+    tolerance: float  # max |logit error| of the FP32 model vs its reference, relative to the logit range
+    run_command: Ref  # argparse.Namespace -> exit code (export.commands)
+    exporter: Ref  # export.pipeline.ExportRequest -> ExportOutcome (export.pipeline)
+    read_metadata: Ref  # path -> the toolkit's metadata inside the file ({} or missing keys when absent)
+    counter: Ref  # path -> export.counting.CountReport (parameters, MACs per layer)
+    op_histogram: Ref  # path -> {op: count}
+    activation_memory: Ref  # path -> export.memory's peak activation report
+    eval_runner: Ref  # (path, emulate=False) -> edge_runtime.sessions.Runner, for evaluating many images
+    extra: str | None = None  # pip extra the format needs beyond the core install
+    reference: bool = False  # its FP32 model is what every other artifact is compared against
     emulates_int8: bool = False  # int8 also run with graph optimisations off: int8 arithmetic emulated in float
     delegate: str | None = None  # the CPU delegate a device runs it with (the report's `runtime` flag of that name)
 
 
-FORMATS = (
-    RuntimeFormat(
+FORMATS: tuple[Format, ...] = (
+    Format(
         name="onnx",
         suffix=".onnx",
         runtime="onnxruntime",
@@ -146,9 +179,21 @@ FORMATS = (
         load_runtime=onnxruntime_module,
         open=lambda path, threads, emulate: OnnxSession(path, threads, optimize=not emulate),
         kernel_nodes=_onnx_kernels,
+        description="validated, simplified ONNX (ONNX Runtime and most edge runtimes)",
+        quantize=("int8",),
+        options=(*COMMON_OPTIONS, "opset", "dynamic_batch", "no_simplify", *QUANTIZE_OPTIONS),
+        tolerance=1e-4,  # vs PyTorch
+        run_command=Ref("export.commands:run_onnx"),
+        exporter=Ref("export.pipeline:export_onnx_request"),
+        read_metadata=Ref("export.artifacts:read_onnx_info"),
+        counter=Ref("export.inspect_onnx:count_onnx"),
+        op_histogram=Ref("export.inspect_onnx:onnx_op_histogram"),
+        activation_memory=Ref("export.memory:onnx_activation_bytes"),
+        eval_runner=Ref("edge_runtime.sessions:onnx_eval_runner"),
+        reference=True,
         emulates_int8=True,
     ),
-    RuntimeFormat(
+    Format(
         name="tflite",
         suffix=".tflite",
         runtime="litert",
@@ -157,6 +202,18 @@ FORMATS = (
         load_runtime=litert_interpreter_class,
         open=lambda path, threads, emulate: TfliteSession(path, threads or None),
         kernel_nodes=_litert_kernels,
+        description="TFLite/LiteRT fp32 (+ int8, fp16 or dynamic-range), verified in LiteRT",
+        quantize=("int8", "fp16", "dynamic"),
+        options=(*COMMON_OPTIONS, "calib", "calib_size", "io", "int8_recipe"),
+        tolerance=1e-3,  # vs the FP32 ONNX model
+        run_command=Ref("export.commands:run_tflite"),
+        exporter=Ref("export.pipeline:export_tflite_request"),
+        read_metadata=Ref("export.artifacts:read_tflite_metadata"),
+        counter=Ref("export.inspect_tflite:count_tflite"),
+        op_histogram=Ref("edge_runtime.sessions:tflite_op_histogram"),
+        activation_memory=Ref("export.memory:tflite_activation_bytes"),
+        eval_runner=Ref("edge_runtime.sessions:tflite_eval_runner"),
+        extra="tflite",
         delegate="xnnpack",
     ),
 )
@@ -164,14 +221,18 @@ BY_NAME = {f.name: f for f in FORMATS}
 MODEL_SUFFIXES = tuple(f.suffix for f in FORMATS)
 RUNTIMES = tuple(dict.fromkeys(f.runtime for f in FORMATS))
 EXPECTED = " or ".join(MODEL_SUFFIXES)  # for messages: ".onnx or .tflite"
+REFERENCE = next(f for f in FORMATS if f.reference)
 
 
-def format_of(path: str | Path) -> RuntimeFormat:
-    """The row of a model file, by its suffix (case-insensitive); an unknown suffix is a one-line error."""
+def format_of(path: str | Path, strict: bool = True) -> Format:
+    """The row of a model file, by its suffix (case-insensitive); an unknown suffix is a one-line error, or
+    with `strict=False` read as the reference format (whose inspectors then name what is wrong with it)."""
     suffix = Path(path).suffix.lower()
     for fmt in FORMATS:
         if fmt.suffix == suffix:
             return fmt
+    if not strict:
+        return REFERENCE
     raise RunnerError(f"unknown model format (expected {EXPECTED})", path)
 
 

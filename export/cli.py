@@ -8,9 +8,10 @@ import signal
 import sys
 from collections.abc import Callable, Iterator, Sequence
 
+from edge_runtime.formats import BY_NAME, FORMATS
 from export import __version__
 from export.errors import DISK_FULL, EXIT_SIGINT, EXIT_SIGTERM, EXIT_USAGE, Terminated, ToolkitError, one_line
-from export.formats import OPTIONS, export_formats
+from export.formats import OPTIONS
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -25,8 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(prog="python -m export", description="Export GoogLeNet for edge devices.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="format", metavar="FORMAT", required=True, parser_class=OneLineParser)
-    for fmt in export_formats().values():
-        row = fmt.backend
+    for row in FORMATS:
         fmt_parser = sub.add_parser(row.name, help=row.description, description=row.description)
         for key in row.options:
             option = OPTIONS[key]
@@ -94,6 +94,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
 
     def run() -> int:
-        return export_formats()[args.format].command(args)  # heavy imports only once the arguments are valid
+        return BY_NAME[args.format].run_command(args)  # heavy imports only once the arguments are valid
 
     return run_guarded(run)

@@ -1,4 +1,4 @@
-"""The command of each row of `export.formats.FORMATS`: parsed arguments -> `export_model`.
+"""The `run_command` of each row of `edge_runtime.formats.FORMATS`: parsed arguments -> `export_model`.
 
 Only what is about the command line stays here: options given without the `--quantize` they need are an
 error, not silently ignored. Everything else (the hold-out of calibration photos, the drift report, the
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 
-from export.backends import QUANTIZE_OPTIONS
+from edge_runtime.formats import QUANTIZE_OPTIONS
 from export.errors import ToolkitError
 from export.formats import OPTIONS, option_default
 from export.onnx_export import DEFAULT_OPSET, check_opset

@@ -1,8 +1,7 @@
-"""The CLI's options, and per format the functions its command runs: the app layer's part of the format table.
+"""The CLI's options, declared once: a format's row in `edge_runtime.formats` lists the keys it takes.
 
-A format's row in `export.backends` (itself extending `edge_runtime.formats`) lists its options by key, its
-quantize modes and description; `FORMATS` here adds the command and exporter functions, which live in this
-layer. The parser, the help text and the option checks all come from these rows.
+Options, not formats: the parser (`export.cli`), the help text and the option checks (`export.commands`) read
+these by the keys in each row, so a new format reuses them or adds its own here.
 """
 
 from __future__ import annotations
@@ -13,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 from export import paths
-from export.backends import Backend, Ref, backend
 from export.preprocess import IO_TYPES
 from quantize.presets import CALIBRATION_METHODS, DEFAULT_CALIB_SIZE, DEFAULT_TARGET, HOST_TARGET, PRESETS
 from quantize.recipes import CLI_RECIPES, DEFAULT_RECIPE
@@ -140,27 +138,3 @@ OPTIONS: dict[str, Option] = {
 def option_default(key: str) -> Any:
     """The CLI default of option `key` (declared once, in `OPTIONS`)."""
     return OPTIONS[key].kwargs.get("default")
-
-
-@dataclass(frozen=True)
-class ExportFormat:
-    """A format's command: its row in `export.backends` (options, quantize modes, ...), the function that runs
-    the parsed arguments (`export.commands`) and the one `export.pipeline.export_model` calls."""
-
-    backend: Backend
-    command: Ref  # argparse.Namespace -> exit code
-    exporter: Ref  # export.pipeline.ExportRequest -> ExportOutcome
-
-    @property
-    def name(self) -> str:
-        return self.backend.name
-
-
-FORMATS: tuple[ExportFormat, ...] = (
-    ExportFormat(backend("onnx"), Ref("export.commands:run_onnx"), Ref("export.pipeline:export_onnx_request")),
-    ExportFormat(backend("tflite"), Ref("export.commands:run_tflite"), Ref("export.pipeline:export_tflite_request")),
-)
-
-
-def export_formats() -> dict[str, ExportFormat]:
-    return {f.name: f for f in FORMATS}

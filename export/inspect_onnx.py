@@ -1,5 +1,5 @@
 """Parameters and multiply-adds of an ONNX file (float, QDQ int8 or ORT's contrib ops), in the report of
-`export.counting`; `count_file` reads a file of any format through `export.backends`."""
+`export.counting`; `count_file` reads a file of any format through its row in `edge_runtime.formats`."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from pathlib import Path
 
 import onnx
 
+from edge_runtime.formats import format_of
 from edge_runtime.kernel_coverage import is_lowered_lrn
-from export.backends import backend_of
 from export.counting import LINEAR_OPS, CountReport, LayerCount, block_of
 from export.errors import ToolkitError, one_line
 
@@ -270,7 +270,7 @@ def count_onnx(model_or_path: onnx.ModelProto | str | Path, batch: int = 1) -> C
 
 def count_file(path: str | Path) -> CountReport:
     """Parameters and MACs of a model file of any format, by its row (an unknown suffix is read as ONNX)."""
-    return backend_of(path, strict=False).count(path)
+    return format_of(path, strict=False).counter(path)
 
 
 def onnx_op_histogram(path: str | Path) -> dict[str, int]:

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import onnx
 
-from export.backends import backend_of
+from edge_runtime.formats import format_of
 from export.errors import ToolkitError, one_line
 from export.inspect_onnx import _fix_inputs, load_onnx
 from export.inspect_tflite import TfliteGraph
@@ -187,4 +187,4 @@ def activation_bytes(path: str | Path) -> dict[str, Any]:
     `order` ("graph": the stored op order) and `format`. Unknown or dynamic sizes (beyond a batch dim,
     taken as 1) are a one-line ToolkitError naming the file.
     """
-    return backend_of(path, strict=False).activation_memory(Path(path))
+    return format_of(path, strict=False).activation_memory(Path(path))

@@ -15,11 +15,11 @@ import numpy as np
 import onnx
 import torch
 
+from edge_runtime.formats import BY_NAME
 from edge_runtime.sessions import OnnxRunner, throughput_runner
 from export import __version__, paths
 from export.artifact_record import ArtifactRecord, write_sidecar
 from export.artifacts import MODEL_IDENTITY_KEYS, publish, set_onnx_metadata, sidecar_path, staging_dir
-from export.backends import backend
 from export.errors import ToolkitError, one_line
 from export.evaluation import (
     EvalSet,
@@ -41,7 +41,7 @@ from export.weights import LoadedModel
 DEFAULT_OPSET = 21
 SUPPORTED_OPSETS = range(17, 24)
 INPUT_NAME, OUTPUT_NAME = "input", "logits"
-VALIDATION_TOLERANCE = backend("onnx").tolerance  # max |ONNX - PyTorch| logit error, relative to the logit range
+VALIDATION_TOLERANCE = BY_NAME["onnx"].tolerance  # max |ONNX - PyTorch| logit error, relative to the logit range
 
 
 @dataclass
@@ -209,7 +209,7 @@ def export_onnx(loaded: LoadedModel, options: OnnxExportOptions) -> OnnxExportRe
     check_opset(options.opset)
     if options.evaluate and options.eval_dir is not None:
         list_images(options.eval_dir)  # a missing eval folder fails now, not after the export
-    final = Path(options.out_dir) / f"{options.name}{backend('onnx').suffix}"
+    final = Path(options.out_dir) / f"{options.name}{BY_NAME['onnx'].suffix}"
     with staging_dir(Path(options.out_dir)) as stage:
         started = time.perf_counter()
         step(f"exporting to ONNX (opset {options.opset}, {'dynamic' if options.dynamic_batch else 'static'} batch)")

@@ -17,10 +17,10 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from edge_runtime.formats import BY_NAME
 from export import ui
 from export.artifacts import check_out_dir, publish, staging_dir
 from export.errors import ToolkitError
-from export.formats import export_formats
 from export.images import list_images
 from export.onnx_export import DEFAULT_OPSET, OnnxExportOptions, OnnxExportResult, check_opset, export_onnx
 from export.paths import DEFAULT_OUT
@@ -164,13 +164,12 @@ def export_model(format: str, **choices) -> ExportOutcome:
     """
     request = ExportRequest(format, **choices)
     request = replace(request, out=Path(request.out), exclude=tuple(request.exclude))
-    formats = export_formats()
-    if format not in formats:
-        raise ToolkitError(f"unknown export format {format!r} (choose from {', '.join(formats)})")
-    modes = formats[format].backend.quantize
+    if format not in BY_NAME:
+        raise ToolkitError(f"unknown export format {format!r} (choose from {', '.join(BY_NAME)})")
+    modes = BY_NAME[format].quantize
     if request.quantize is not None and request.quantize not in modes:
         raise ToolkitError(f"{format} cannot be quantized to {request.quantize!r} (choose from {', '.join(modes)})")
-    return formats[format].exporter(request)
+    return BY_NAME[format].exporter(request)
 
 
 def export_onnx_request(request: ExportRequest) -> ExportOutcome:
@@ -181,11 +180,9 @@ def export_onnx_request(request: ExportRequest) -> ExportOutcome:
     loaded = load_weights(request.weights, request.num_classes, request.labels, request.seed)
     source, config, evaluation = None, None, _Evaluation(request.eval_dir, request.evaluate)
     if request.quantize:
-        from quantize.presets import DEFAULT_CALIBRATION
-        from quantize.recipes import recipe
+        from quantize.presets import DEFAULT_CALIBRATION, recipe
 
         config = recipe(
-            "onnx",
             request.int8_recipe,
             request.target,
             request.exclude,
@@ -247,12 +244,12 @@ def _quantize_onnx_int8(
 
 def export_tflite_request(request: ExportRequest) -> ExportOutcome:
     from export.tflite_export import input_preprocess, require_tensorflow
-    from quantize.recipes import recipe
+    from quantize.tflite_int8 import recipe
     from quantize.tflite_quant import export_tflite
 
     started = time.perf_counter()
     check_io(request.io, request.quantize)
-    int8 = recipe("tflite", request.int8_recipe)
+    int8 = recipe(request.int8_recipe)
     check_paths(request.out, request.eval_dir, request.evaluate)
     require_tensorflow()
     loaded = load_weights(request.weights, request.num_classes, request.labels, request.seed)

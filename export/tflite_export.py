@@ -19,11 +19,11 @@ from pathlib import Path
 
 import numpy as np
 
+from edge_runtime.formats import BY_NAME
 from edge_runtime.sessions import TfliteRunner, tflite_op_histogram
 from export import __version__
 from export.artifact_record import UNSET, ArtifactRecord, write_sidecar
 from export.artifacts import MODEL_IDENTITY_KEYS, set_tflite_metadata, sidecar_path
-from export.backends import backend
 from export.errors import ToolkitError, one_line
 from export.evaluation import EvalSet, accuracy, check_logits_match, load_eval_set, measure_drift
 from export.preprocess import Preprocess
@@ -31,7 +31,7 @@ from export.sample_images import validation_photos
 from export.ui import step
 from export.weights import LoadedModel
 
-TFLITE_TOLERANCE = backend("tflite").tolerance  # max |TFLite fp32 - ONNX fp32| logit error, relative to the logit range
+TFLITE_TOLERANCE = BY_NAME["tflite"].tolerance  # max |TFLite fp32 - ONNX fp32| logit error, relative to the logit range
 QUANTIZE_MODES = ("int8", "fp16", "dynamic")
 
 
@@ -65,7 +65,7 @@ class TfliteExportResult:
 
 
 def tflite_name(base: str, quantize: str | None) -> str:
-    suffix = backend("tflite").suffix
+    suffix = BY_NAME["tflite"].suffix
     return f"{base}{suffix}" if quantize is None else f"{base}.{quantize}{suffix}"
 
 

@@ -137,3 +137,8 @@ def preset(target: str, **overrides) -> QuantizationConfig:
     if overrides.get("calibration", "minmax") not in CALIBRATION_METHODS:
         raise ToolkitError(f"unknown --calibration {overrides['calibration']!r}")
     return factory(**overrides)
+
+
+def recipe(name: str, target: str = DEFAULT_TARGET, exclude: tuple[str, ...] = (), **overrides) -> QuantizationConfig:
+    """The ONNX Runtime settings of int8 recipe `name` on top of target preset `target`."""
+    return preset(target, **{**recipe_overrides(name, exclude), **overrides})

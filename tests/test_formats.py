@@ -1,8 +1,8 @@
 """The format table: its rows drive the CLI, the report schema and the bundle, and nothing else branches on a suffix.
 
-Adding a format must mean adding its rows (`edge_runtime/formats.py`, `export/backends.py`, `export/formats.py`)
-and its code, not hunting for `if path.suffix == ".onnx"` across the benchmark side: the grep below fails on
-any suffix or format-name branch in `benchmarks/` and `edge_runtime/` outside the runtime table.
+Adding a format must mean adding its row (`edge_runtime/formats.py`) and its own code, not hunting for
+`if path.suffix == ".onnx"` across the benchmark side: the grep below fails on any suffix or format-name branch
+in `benchmarks/` and `edge_runtime/` outside the table, and on any other literal list of the format names.
 """
 
 from __future__ import annotations
@@ -22,17 +22,16 @@ from benchmarks.bundle import SHIPPED_BESIDE_RUN
 from benchmarks.report import ARTIFACT_SCHEMA
 from edge_runtime import android_bench, formats
 from edge_runtime.errors import ToolkitError
-from export.backends import BACKENDS, BY_FORMAT, backend_of
 from export.cli import build_parser
-from export.formats import OPTIONS, export_formats
+from export.formats import OPTIONS
 
 PROJECT = Path(__file__).resolve().parents[1]
 TABLE = PROJECT / "edge_runtime" / "formats.py"
 EXEMPT = {
     # Standard library only, run from the bundle's android/ folder: it writes LiteRT's suffix itself (pinned below).
     PROJECT / "edge_runtime" / "android_bench.py",
-    # A study of the two int8 quantizers (per backend, like `quantize.recipes`) beside a PyTorch-only one: it
-    # picks a quantizer by name, it reads no model file.
+    # A study of the two int8 quantizers beside a PyTorch-only one: it picks a quantizer by name (its
+    # `--backends` choices), it reads no model file.
     PROJECT / "benchmarks" / "int8_fidelity.py",
 }
 SUFFIX = re.compile(r"^\.(onnx|tflite)$", re.IGNORECASE)
@@ -87,14 +86,58 @@ def test_the_check_sees_the_branches_it_forbids(tmp_path: Path) -> None:
     assert lines == {"1", "2", "3", "4", "5"}
 
 
-def test_every_runtime_row_has_its_export_row_and_command() -> None:
-    assert [b.name for b in BACKENDS] == [f.name for f in formats.FORMATS]
-    assert list(export_formats()) == [f.name for f in formats.FORMATS]
+def test_every_row_is_complete() -> None:
+    """Every field set, every option known, every Ref naming a function that exists."""
+    import dataclasses
+    import importlib
+
+    assert len(formats.BY_NAME) == len(formats.FORMATS)
     assert tuple(f.suffix for f in formats.FORMATS) == formats.MODEL_SUFFIXES
-    for row in BACKENDS:
+    for row in formats.FORMATS:
         assert set(row.options) <= set(OPTIONS), row.name
-        assert row.runtime.layout in ("NCHW", "NHWC")
-    assert sum(b.reference for b in BACKENDS) == 1
+        assert row.layout in ("NCHW", "NHWC")
+        assert row.description and row.tolerance > 0 and row.suffix.startswith(".")
+        for field in dataclasses.fields(row):
+            value = getattr(row, field.name)
+            if isinstance(value, formats.Ref):
+                module, _, name = value.target.partition(":")
+                assert callable(getattr(importlib.import_module(module), name)), (row.name, field.name)
+    assert sum(f.reference for f in formats.FORMATS) == 1
+
+
+def _literal_lists(path: Path, root: Path = PROJECT) -> list[str]:
+    """Tuple, list, set and dict literals (their keys) holding two or more format names or suffixes."""
+    wanted = NAMES | {f.suffix for f in formats.FORMATS}
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
+        if isinstance(node, (ast.Tuple, ast.List, ast.Set)):
+            items = node.elts
+        elif isinstance(node, ast.Dict):
+            items = [key for key in node.keys if key is not None]
+        else:
+            continue
+        hits = {i.value for i in items if isinstance(i, ast.Constant) and i.value in wanted}
+        if len(hits) >= 2:
+            found.append(f"{path.relative_to(root)}:{node.lineno}: {sorted(hits)}")
+    return found
+
+
+def test_the_table_is_the_only_list_of_formats() -> None:
+    packages = ("edge_runtime", "export", "quantize", "benchmarks", "studies")
+    files = [p for package in packages for p in sorted((PROJECT / package).rglob("*.py"))]
+    found = [hit for path in files if path != TABLE and path not in EXEMPT for hit in _literal_lists(path)]
+    assert not found, "lists of formats outside edge_runtime/formats.py:\n" + "\n".join(found)
+
+
+def test_the_list_check_sees_a_second_list(tmp_path: Path) -> None:
+    probe = tmp_path / "probe.py"
+    probe.write_text(
+        'BACKENDS = ("onnx", "tflite")\n'
+        'RECIPES = {"onnx": 1, "tflite": 2}\n'
+        'SUFFIXES = [".onnx", ".tflite"]\n'
+        'ONE = ("onnx", "int8")\n'  # one name is not a list of formats
+    )
+    assert {hit.split(":")[1] for hit in _literal_lists(probe, tmp_path)} == {"1", "2", "3"}
 
 
 def test_the_cli_and_the_report_read_the_table() -> None:
@@ -103,7 +146,7 @@ def test_the_cli_and_the_report_read_the_table() -> None:
     assert list(commands.choices) == [f.name for f in formats.FORMATS]
     for name, sub in commands.choices.items():
         quantize = next((a for a in sub._actions if a.dest == "quantize"), None)
-        assert tuple(quantize.choices) == BY_FORMAT[name].quantize
+        assert tuple(quantize.choices) == formats.BY_NAME[name].quantize
     assert ARTIFACT_SCHEMA["properties"]["format"]["enum"] == [f.name for f in formats.FORMATS]
     runtimes = ARTIFACT_SCHEMA["properties"]["kernels"]["properties"]["runtime"]["enum"]
     assert runtimes == list(dict.fromkeys(f.runtime for f in formats.FORMATS))
@@ -116,11 +159,11 @@ def test_the_android_tool_writes_litert_s_row() -> None:
 
 def test_format_of_reads_the_suffix_and_names_an_unknown_one(tmp_path: Path) -> None:
     assert formats.format_of(tmp_path / "m.TFLITE").name == "tflite"
-    assert backend_of("a/googlenet.int8.onnx").name == "onnx"
+    assert formats.format_of("a/googlenet.int8.onnx").name == "onnx"
     with pytest.raises(ToolkitError) as caught:
         formats.format_of(tmp_path / "notes.txt")
     assert str(caught.value) == f"{tmp_path / 'notes.txt'}: unknown model format (expected .onnx or .tflite)"
-    assert backend_of(tmp_path / "notes.txt", strict=False).reference  # inspectors read it as ONNX, as before
+    assert formats.format_of(tmp_path / "notes.txt", strict=False).reference  # inspectors read it as ONNX, as before
 
 
 def test_the_bundled_runner_imports_the_table_from_beside_it(tmp_path: Path) -> None:
