@@ -9,7 +9,7 @@ from pathlib import Path
 from benchmarks.metrics import schema_properties
 from edge_runtime.formats import FORMATS, RUNTIMES
 from export.artifacts import read_json
-from export.errors import ToolkitError
+from export.errors import ToolkitError, check_schema
 
 _NUMBER = {"type": "number"}
 _NULLABLE_NUMBER = {"type": ["number", "null"]}
@@ -169,14 +169,7 @@ REPORT_SCHEMA = {
 
 def validate_report(report: dict, source: str | Path | None = None) -> dict:
     """`report` unchanged when it fits REPORT_SCHEMA; otherwise one ToolkitError naming the first problem."""
-    import jsonschema
-
-    try:
-        jsonschema.validate(report, REPORT_SCHEMA)
-    except jsonschema.ValidationError as exc:
-        where = "/".join(str(p) for p in exc.absolute_path) or "(top level)"
-        raise ToolkitError(f"not a benchmark report: {where}: {exc.message[:160]}", source) from None
-    return report
+    return check_schema(report, REPORT_SCHEMA, "a benchmark report", source)  # type: ignore[return-value]
 
 
 def load_report(path: Path) -> dict:

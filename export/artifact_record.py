@@ -16,7 +16,7 @@ from typing import Any
 from edge_runtime.device_runner import file_sha256, round_floats
 from edge_runtime.formats import FORMATS
 from export.artifacts import MODEL_IDENTITY_KEYS, read_json, sidecar_path, write_json
-from export.errors import ToolkitError
+from export.errors import check_schema
 
 
 class _Unset:
@@ -164,14 +164,7 @@ SIDECAR_SCHEMA = _schema()
 
 def validate_sidecar(data: object, source: str | Path | None = None) -> dict:
     """`data` unchanged when it fits SIDECAR_SCHEMA; otherwise one ToolkitError naming the file and the problem."""
-    import jsonschema
-
-    try:
-        jsonschema.validate(data, SIDECAR_SCHEMA)
-    except jsonschema.ValidationError as exc:
-        where = "/".join(str(p) for p in exc.absolute_path) or "(top level)"
-        raise ToolkitError(f"not an artifact sidecar: {where}: {exc.message[:160]}", source) from None
-    return data  # type: ignore[return-value]
+    return check_schema(data, SIDECAR_SCHEMA, "an artifact sidecar", source)  # type: ignore[return-value]
 
 
 def write_sidecar(artifact: Path, record: ArtifactRecord) -> Path:

@@ -34,3 +34,15 @@ def write_error(exc: OSError, path: str | Path) -> ToolkitError:
     if exc.errno in DISK_FULL:
         return ToolkitError(f"no space left on device writing {path.name}", path.parent)
     return ToolkitError(f"cannot write {path.name} ({one_line(exc)})", path.parent)
+
+
+def check_schema(data: object, schema: dict, kind: str, source: str | Path | None = None) -> object:
+    """`data` unchanged when it fits the JSON `schema`; otherwise one ToolkitError: `not <kind>: <where>: <problem>`."""
+    import jsonschema
+
+    try:
+        jsonschema.validate(data, schema)
+    except jsonschema.ValidationError as exc:
+        where = "/".join(str(p) for p in exc.absolute_path) or "(top level)"
+        raise ToolkitError(f"not {kind}: {where}: {exc.message[:160]}", source) from None
+    return data
