@@ -32,7 +32,7 @@ from benchmarks.run import (
     pick_reference,
     static_facts,
 )
-from edge_runtime import device_runner, formats
+from edge_runtime import device_runner, formats, metrics
 from export import __version__, ui
 from export.artifacts import sidecar_path, staging_dir
 from export.errors import ToolkitError
@@ -41,7 +41,7 @@ from export.evaluation import predict
 RUNTIME_CORE = Path(device_runner.__file__).resolve().parent  # the standalone files the bundle ships
 BUNDLE_ROOT = "googlenet-bench"
 # The runtime core `run.py` imports (as the `edge_runtime` package it stands in for): standard library, numpy, runtimes.
-SHIPPED_BESIDE_RUN = ("formats.py", "errors.py", "kernel_coverage.py", "ceiling.py")
+SHIPPED_BESIDE_RUN = ("formats.py", "errors.py", "metrics.py", "hostinfo.py", "kernel_coverage.py", "ceiling.py")
 DEVICE_INSTALL = "pip install numpy " + " ".join(f.package for f in formats.FORMATS)  # what run.py needs on a device
 
 README = """\
@@ -143,9 +143,7 @@ def build_bundle(
             per_format=", ".join(f"`{f.package}` for `{f.suffix}`" for f in formats.FORMATS),
         )
         (root / "README.md").write_text(readme, encoding="utf-8")
-        files = {
-            p.relative_to(root).as_posix(): device_runner.file_sha256(p) for p in sorted(root.rglob("*")) if p.is_file()
-        }
+        files = {p.relative_to(root).as_posix(): metrics.file_sha256(p) for p in sorted(root.rglob("*")) if p.is_file()}
         manifest = {
             "schema_version": device_runner.SCHEMA_VERSION,
             "created_by": f"googlenet-edge {__version__}",

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
-from edge_runtime.device_runner import file_sha256
+from edge_runtime.metrics import file_sha256
 from export import ui
 from export.errors import ToolkitError
 

@@ -16,7 +16,7 @@ import numpy as np
 
 from benchmarks.ceiling_models import ceiling_models_dir
 from benchmarks.report import validate_report
-from edge_runtime import ceiling, device_runner, formats, kernel_coverage
+from edge_runtime import ceiling, device_runner, formats, hostinfo, kernel_coverage, metrics
 from edge_runtime.android_bench import guess_precision
 from export import __version__, ui
 from export.artifact_record import read_sidecar
@@ -82,7 +82,7 @@ def _check_parent(path: Path, info: dict) -> None:
     recorded, parent = info.get("fp32_sha256"), info.get("fp32_model")
     if not recorded or not parent or not (path.parent / parent).is_file():
         return
-    if device_runner.file_sha256(path.parent / parent) != recorded:
+    if metrics.file_sha256(path.parent / parent) != recorded:
         raise ToolkitError(
             f"was quantized from another {parent} than the one beside it (sha256 differs); re-run the int8 export",
             path,
@@ -155,7 +155,7 @@ def run(options: RunOptions) -> dict:
     artifacts = discover(options.artifacts)
     described = {path: describe_artifact(path) for path in artifacts}
     reference = pick_reference(artifacts, described, options.reference)
-    facts = device_runner.host_facts()
+    facts = hostinfo.host_facts()
     device = facts["device"] or facts["hostname"]
     inputs = None
     if options.eval_dir is not None:
@@ -214,7 +214,7 @@ def run(options: RunOptions) -> dict:
         "ceiling": {"macs": ceiling.CEILING_MACS, "gmacs": ceiling_gmacs},
         "artifacts": entries,
     }
-    return validate_report(device_runner.round_floats(report))  # type: ignore[arg-type]
+    return validate_report(metrics.round_floats(report))  # type: ignore[arg-type]
 
 
 def _sample(path: Path, info: dict, inputs: EvalInputs | None) -> np.ndarray:
@@ -236,10 +236,10 @@ def _accuracy(path: Path, info: dict, inputs, reference: Path | None, reference_
         logits = reference_logits
     else:
         logits = predict(evaluation_runner(path), eval_set.inputs, f"Evaluating {path.name}")
-    block = device_runner.accuracy_block(logits, eval_set.labels, reference_logits, ref_name)
+    block = metrics.accuracy_block(logits, eval_set.labels, reference_logits, ref_name)
     if formats.has_emulated_run(info["format"], info["precision"]):
         emulated = predict(evaluation_runner(path, emulate=True), eval_set.inputs, f"Evaluating {path.name} (emulated)")
-        block["emulated"] = device_runner.accuracy_block(emulated, eval_set.labels, reference_logits, ref_name)
+        block["emulated"] = metrics.accuracy_block(emulated, eval_set.labels, reference_logits, ref_name)
     return block
 
 

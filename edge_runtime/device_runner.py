@@ -1,7 +1,8 @@
 """Measure a model the same way on the host and on a device (Raspberry Pi, a phone with Python).
 
 Standalone on purpose: Python >= 3.9, numpy, and onnxruntime or ai-edge-litert; of this repository only the
-runtime core files the bundle ships beside it (`formats`, `errors`, `kernel_coverage`, `ceiling`). The host
+runtime core files the bundle ships beside it (`formats`, `errors`, `metrics`, `hostinfo`, `kernel_coverage`,
+`ceiling`). The host
 benchmark runs `measure` in a fresh subprocess per artifact (so the peak RSS is that model's own) and takes its
 accuracy metrics from here; `python -m benchmarks bundle` ships this file as `run.py`, where `main()` validates
 the bundle and writes `results-<hostname>.json` in the report schema.
@@ -10,11 +11,8 @@ the bundle and writes `results-<hostname>.json` in the report schema.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
-import math
 import os
-import platform
 import socket
 import subprocess
 import sys
@@ -43,202 +41,13 @@ formats = _core("formats")
 kernel_coverage = _core("kernel_coverage")
 ceiling = _core("ceiling")
 errors = _core("errors")
+metrics = _core("metrics")
+hostinfo = _core("hostinfo")
 RunnerError = errors.RunnerError
 open_session = formats.open_session
 
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
-
-# ISA features that decide which int8/fp kernels a runtime can use (cpuinfo flag -> reported name).
-ISA_FLAGS = {
-    "avx2": "avx2",
-    "fma": "fma",
-    "avx512f": "avx512f",
-    "avx512_vnni": "avx512_vnni",
-    "avx_vnni": "avx_vnni",
-    "amx_int8": "amx_int8",
-    "asimd": "neon",
-    "asimddp": "dotprod",
-    "i8mm": "i8mm",
-    "sve": "sve",
-}
-
-
-# ---------------------------------------------------------------- metrics (shared with the host reports)
-
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    shifted = logits.astype(np.float64) - logits.max(axis=1, keepdims=True)
-    exp = np.exp(shifted)
-    return exp / exp.sum(axis=1, keepdims=True)
-
-
-def accuracy(logits: np.ndarray, labels: np.ndarray) -> dict | None:
-    """Top-1/top-5 over the labelled rows (None when nothing is labelled)."""
-    mask = labels >= 0
-    if not mask.any():
-        return None
-    top5 = np.argsort(-logits[mask], axis=1, kind="stable")[:, :5]
-    truth = labels[mask][:, None]
-    return {
-        "images": int(mask.sum()),
-        "top1": float((top5[:, 0:1] == truth).mean()),
-        "top5": float((top5 == truth).any(axis=1).mean()),
-    }
-
-
-def fidelity(reference: np.ndarray, candidate: np.ndarray) -> dict:
-    """How closely `candidate` logits follow `reference` logits, image by image."""
-    ref_top5 = np.argsort(-reference, axis=1, kind="stable")[:, :5]
-    cand_top5 = np.argsort(-candidate, axis=1, kind="stable")[:, :5]
-    overlap = [len(set(a) & set(b)) / 5.0 for a, b in zip(ref_top5, cand_top5)]
-    p, q = softmax(reference), softmax(candidate)
-    kl = (p * (np.log(np.clip(p, 1e-12, None)) - np.log(np.clip(q, 1e-12, None)))).sum(axis=1)
-    ref64, cand64 = reference.astype(np.float64), candidate.astype(np.float64)
-    cosine = (ref64 * cand64).sum(1) / (np.linalg.norm(ref64, axis=1) * np.linalg.norm(cand64, axis=1) + 1e-12)
-    return {
-        "top1_agreement": float((ref_top5[:, 0] == cand_top5[:, 0]).mean()),
-        "top5_overlap": float(np.mean(overlap)),
-        "kl_mean": float(kl.mean()),
-        "cosine_mean": float(cosine.mean()),
-        "max_abs_logit_diff": float(np.abs(reference - candidate).max()),
-        "max_abs_prob_diff": float(np.abs(p - q).max()),
-        "logit_range": float(reference.max() - reference.min()),
-    }
-
-
-def round_floats(data: object, digits: int = 7) -> object:
-    """Round floats to `digits` significant digits: stable, readable reports where a KL of 3e-9 keeps its meaning."""
-    if isinstance(data, float):
-        return float(f"{data:.{digits}g}") if math.isfinite(data) else data
-    if isinstance(data, dict):
-        return {k: round_floats(v, digits) for k, v in data.items()}
-    if isinstance(data, (list, tuple)):
-        return [round_floats(v, digits) for v in data]
-    return data
-
-
-def accuracy_block(logits: np.ndarray, labels: np.ndarray, reference: np.ndarray | None, name: str | None) -> dict:
-    """The report's `accuracy` entry: top-1/top-5 and, against the reference logits, agreement and drift."""
-    block: dict = {"images": len(logits)}
-    own = accuracy(logits, labels)
-    if own:
-        block.update(top1=own["top1"], top5=own["top5"], labelled=own["images"])
-    if reference is not None:
-        vs = fidelity(reference, logits)
-        entry = {"reference": name, **{k: vs[k] for k in ("top1_agreement", "top5_overlap", "kl_mean", "cosine_mean")}}
-        ref_acc = accuracy(reference, labels)
-        if ref_acc and own:
-            entry["top1_drop_pp"] = 100.0 * (ref_acc["top1"] - own["top1"])
-            entry["top5_drop_pp"] = 100.0 * (ref_acc["top5"] - own["top5"])
-        block["vs_reference"] = entry
-    return block
-
-
-# ---------------------------------------------------------------- host facts
-
-
-def _cpuinfo() -> str:
-    try:
-        return Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        return ""
-
-
-def _field(text: str, *names: str) -> str | None:
-    for line in text.splitlines():
-        key, _, value = line.partition(":")
-        if key.strip() in names and value.strip():
-            return value.strip()
-    return None
-
-
-# Arm Ltd. (implementer 0x41) CPU part numbers of common boards and phones: a Pi's cpuinfo has no model name.
-ARM_PARTS = {
-    "0xd03": "Cortex-A53", "0xd04": "Cortex-A35", "0xd05": "Cortex-A55", "0xd07": "Cortex-A57",
-    "0xd08": "Cortex-A72", "0xd09": "Cortex-A73", "0xd0a": "Cortex-A75", "0xd0b": "Cortex-A76",
-    "0xd0c": "Neoverse-N1", "0xd0d": "Cortex-A77", "0xd40": "Neoverse-V1", "0xd41": "Cortex-A78",
-    "0xd44": "Cortex-X1", "0xd46": "Cortex-A510", "0xd47": "Cortex-A710", "0xd48": "Cortex-X2",
-    "0xd49": "Neoverse-N2", "0xd4b": "Cortex-A78C", "0xd4f": "Neoverse-V2",
-}  # fmt: skip
-
-
-def _cpu_name(text: str) -> str:
-    named = _field(text, "model name", "Hardware", "Processor")
-    if named:
-        return named
-    if _field(text, "CPU implementer") == "0x41":
-        part = (_field(text, "CPU part") or "").lower()
-        return ARM_PARTS.get(part, f"Arm CPU part {part}")
-    return platform.processor() or "unknown"
-
-
-def device_model() -> str | None:
-    """Board name on a Raspberry Pi and other device-tree machines."""
-    try:
-        return Path("/proc/device-tree/model").read_bytes().rstrip(b"\0").decode(errors="replace") or None
-    except OSError:
-        return None
-
-
-def _version(package: str) -> str | None:
-    from importlib import metadata
-
-    try:
-        return metadata.version(package)
-    except metadata.PackageNotFoundError:
-        return None
-
-
-# aarch64 hwcap bits (linux/arch/arm64/include/uapi/asm/hwcap.h): AT_HWCAP = 16, AT_HWCAP2 = 26.
-_HWCAP_BITS = {(16, 1): "neon", (16, 20): "dotprod", (16, 22): "sve", (26, 13): "i8mm"}
-
-
-def aarch64_hwcaps() -> set | None:
-    """The ISA names the kernel grants this process on aarch64 (from /proc/self/auxv), or None elsewhere.
-
-    Truer than /proc/cpuinfo, which a container or an emulator may fake: the runtimes choose their int8
-    kernels (dot-product, i8mm) from these very bits."""
-    if platform.machine() not in ("aarch64", "arm64"):
-        return None
-    try:
-        raw = Path("/proc/self/auxv").read_bytes()
-    except OSError:
-        return None
-    words = np.frombuffer(raw[: len(raw) // 16 * 16], dtype="<u8").reshape(-1, 2)
-    values = {int(key): int(value) for key, value in words}
-    return {name for (key, bit), name in _HWCAP_BITS.items() if values.get(key, 0) >> bit & 1}
-
-
-def emulator() -> dict | None:
-    """Set by `python -m benchmarks emulate` for a run under QEMU user-mode emulation (its CPU model)."""
-    cpu = os.environ.get("QEMU_CPU")
-    return {"qemu_cpu": cpu, "emulator": os.environ.get("GOOGLENET_EDGE_EMULATOR", "qemu-user")} if cpu else None
-
-
-def host_facts() -> dict:
-    """CPU, cores, the ISA flags that decide int8 kernels, OS and runtime versions."""
-    text = _cpuinfo()
-    raw_flags = set((_field(text, "flags", "Features") or "").split())
-    isa = sorted({name for flag, name in ISA_FLAGS.items() if flag in raw_flags})
-    hwcaps = aarch64_hwcaps()
-    if hwcaps is not None:
-        isa = sorted(hwcaps | {"neon"})  # NEON is mandatory on ARMv8-A
-    facts = {
-        "hostname": socket.gethostname(),
-        "machine": platform.machine(),
-        "system": f"{platform.system()} {platform.release()}",
-        "cpu": _cpu_name(text),
-        "device": device_model(),
-        "cores": os.cpu_count(),
-        "isa": sorted(isa),
-        "python": platform.python_version(),
-        "runtimes": {name: _version(name) for name in ("onnxruntime", "ai-edge-litert", "tflite-runtime", "numpy")},
-    }
-    emulation = emulator()
-    if emulation:
-        facts["emulation"] = emulation
-    return facts
 
 
 def predict(session, inputs: np.ndarray, batch_size: int = 16) -> np.ndarray:
@@ -337,14 +146,6 @@ def measure_in_subprocess(
 # ---------------------------------------------------------------- the bundle
 
 
-def file_sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def verify_bundle(root: Path) -> dict:
     """The manifest, after checking every file it lists is present with its recorded sha256."""
     manifest_path = root / MANIFEST
@@ -356,7 +157,7 @@ def verify_bundle(root: Path) -> dict:
         path = root / name
         if not path.is_file():
             raise RunnerError(f"{path}: missing from the bundle; unpack it again")
-        if file_sha256(path) != expected:
+        if metrics.file_sha256(path) != expected:
             raise RunnerError(f"{path}: corrupted (sha256 differs from the manifest); copy the bundle again")
     return manifest
 
@@ -379,7 +180,7 @@ def run_bundle(
     `accuracy_only` (runs under an emulated CPU): no timings, which would be the emulator's and not the
     device's, and no float emulation of int8 ONNX, which is target-independent and measured on the host."""
     manifest = verify_bundle(root)
-    facts = host_facts()
+    facts = hostinfo.read_host_facts()
     device = device or facts["device"] or facts["hostname"]
     unknown = sorted(set(only or ()) - {m["name"] for m in manifest["models"]})
     if unknown:
@@ -430,7 +231,7 @@ def run_bundle(
         gmacs = ceiling.measure_ceiling(threads, ceiling.runtimes_of(artifacts))
         ceiling.attach_ceiling(artifacts, gmacs)
         report["ceiling"] = {"macs": ceiling.CEILING_MACS, "gmacs": gmacs}
-    return round_floats(report)  # type: ignore[return-value]
+    return metrics.round_floats(report)  # type: ignore[return-value]
 
 
 def _predict_with_progress(session, inputs: np.ndarray, label: str, batch_size: int = 4) -> np.ndarray:
@@ -463,10 +264,10 @@ def evaluate(
         return None, runtime
     labels = labels if labels is not None else np.full(len(inputs), -1)
     logits = _predict_with_progress(session, inputs, model["name"])
-    block = accuracy_block(logits, labels, reference, reference_name)
+    block = metrics.accuracy_block(logits, labels, reference, reference_name)
     if float_emulation and formats.has_emulated_run(model["format"], model["precision"]):
         emulated = predict(open_session(path, threads, emulate=True), inputs)
-        block["emulated"] = accuracy_block(emulated, labels, reference, reference_name)
+        block["emulated"] = metrics.accuracy_block(emulated, labels, reference, reference_name)
     return block, runtime
 
 

@@ -13,8 +13,8 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-from edge_runtime.device_runner import file_sha256, round_floats
 from edge_runtime.formats import FORMATS
+from edge_runtime.metrics import file_sha256, round_floats
 from export.artifacts import MODEL_IDENTITY_KEYS, read_json, sidecar_path, write_json
 from export.errors import check_schema
 

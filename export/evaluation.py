@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_runtime.device_runner import accuracy, fidelity, round_floats, softmax
+from edge_runtime.metrics import accuracy, fidelity, round_floats, softmax
 from edge_runtime.sessions import Runner
 from export.errors import ToolkitError
 from export.images import list_images, preprocess_paths

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from edge_runtime.device_runner import file_sha256
+from edge_runtime.metrics import file_sha256
 from export import paths
 from export.errors import ToolkitError, one_line
 from export.labels import LabelSet, generic_labels, imagenet_labels, read_label_file

@@ -15,8 +15,8 @@ import numpy as np
 import onnx
 
 from edge_runtime import kernel_coverage
-from edge_runtime.device_runner import file_sha256
 from edge_runtime.hostinfo import host_facts, int8_host_caveat
+from edge_runtime.metrics import file_sha256
 from edge_runtime.sessions import throughput_runner
 from export import __version__
 from export.artifact_record import ArtifactRecord, write_sidecar

@@ -17,6 +17,7 @@ from pathlib import Path
 import jsonschema
 import pytest
 
+from benchmarks.bundle import SHIPPED_BESIDE_RUN
 from benchmarks.report import REPORT_SCHEMA
 
 pytestmark = pytest.mark.slow
@@ -100,7 +101,7 @@ def test_bundle_holds_models_inputs_runner_and_manifest(bundle: Path, tmp_path: 
     assert {"ceiling.py", "ceiling/ceiling.onnx", "ceiling/ceiling.int8.tflite"} <= set(manifest["files"])
     readme = (root / "README.md").read_text()
     assert "tar xf googlenet-bench.tar.gz" in readme and "python3 googlenet-bench/run.py" in readme
-    for standalone in ("run.py", "formats.py", "errors.py", "kernel_coverage.py", "ceiling.py"):
+    for standalone in ("run.py", *SHIPPED_BESIDE_RUN):
         text = (root / standalone).read_text()
         assert "from export" not in text and "import torch" not in text and "from benchmarks" not in text
 

@@ -19,7 +19,7 @@ import pytest
 
 from benchmarks.emulate import ARM_CPUS, cpuinfo_text, parse_cpus
 from benchmarks.emulation_env import NOT_BUILT, EmulationEnv, in_namespace_script, runtime_pins
-from edge_runtime import device_runner
+from edge_runtime import hostinfo, metrics
 from export.errors import ToolkitError
 
 PROJECT = Path(__file__).resolve().parents[1]
@@ -38,7 +38,7 @@ def fake_env(cache: Path) -> EmulationEnv:
     (env.rootfs / "usr/bin").mkdir(parents=True)
     (env.rootfs / "usr/bin/python3.11").write_bytes(b"python")
     (env.rootfs / "lib.so").write_bytes(b"runtime")
-    hashes = {name: device_runner.file_sha256(env.rootfs / name) for name in ("usr/bin/python3.11", "lib.so")}
+    hashes = {name: metrics.file_sha256(env.rootfs / name) for name in ("usr/bin/python3.11", "lib.so")}
     env.marker.write_text(json.dumps({"key": env.key, "sha256": hashes}))
     return env
 
@@ -74,7 +74,7 @@ def test_cpu_models_and_their_cpuinfo() -> None:
     text = cpuinfo_text(ARM_CPUS["neoverse-n1"], cores=2)
     assert text.count("processor\t:") == 2 and "asimddp" in text and "0xd0c" in text
     assert "asimddp" not in cpuinfo_text(ARM_CPUS["cortex-a72"], cores=1)  # a Pi 4 has no dot product
-    assert device_runner._cpu_name(text) == "Neoverse-N1"
+    assert hostinfo._cpu_name(text) == "Neoverse-N1"
 
 
 def test_the_namespace_script_fakes_only_what_the_runtimes_read(tmp_path: Path) -> None:
@@ -85,8 +85,8 @@ def test_the_namespace_script_fakes_only_what_the_runtimes_read(tmp_path: Path) 
 
 
 def test_aarch64_hwcaps_are_none_off_arm() -> None:
-    if device_runner.platform.machine() == "x86_64":
-        assert device_runner.aarch64_hwcaps() is None
+    if hostinfo.platform.machine() == "x86_64":
+        assert hostinfo.aarch64_hwcaps() is None
 
 
 def test_missing_bundle_and_unknown_cpu_are_one_line(tmp_path: Path) -> None:

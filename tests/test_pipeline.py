@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from edge_runtime.device_runner import file_sha256
+from edge_runtime.metrics import file_sha256
 from export.artifacts import sidecar_path
 from export.errors import ToolkitError
 from export.pipeline import export_model

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge_runtime.device_runner import file_sha256
+from edge_runtime.metrics import file_sha256
 from edge_runtime.sessions import OnnxRunner, TfliteRunner, tflite_op_histogram
 from export.errors import ToolkitError
 from export.evaluation import accuracy, fidelity, load_eval_set
