@@ -41,6 +41,7 @@ from export.evaluation import predict
 RUNTIME_CORE = Path(device_runner.__file__).resolve().parent  # the standalone files the bundle ships
 BUNDLE_ROOT = "googlenet-bench"
 # The runtime core `run.py` imports (as the `edge_runtime` package it stands in for): standard library, numpy, runtimes.
+ANDROID_BESIDE_RUN = ("benchmark_model_output.py", "hostinfo.py")  # what android/run_android.py imports
 SHIPPED_BESIDE_RUN = ("formats.py", "errors.py", "metrics.py", "hostinfo.py", "kernel_coverage.py", "ceiling.py")
 DEVICE_INSTALL = "pip install numpy " + " ".join(f.package for f in formats.FORMATS)  # what run.py needs on a device
 
@@ -133,6 +134,8 @@ def build_bundle(
         shutil.copytree(ceiling_models_dir(), root / "ceiling")
         (root / "android").mkdir()
         shutil.copyfile(RUNTIME_CORE / "android_bench.py", root / "android" / "run_android.py")
+        for module in ANDROID_BESIDE_RUN:
+            shutil.copyfile(RUNTIME_CORE / module, root / "android" / module)
         readme = README.format(
             version=__version__,
             models=len(models),

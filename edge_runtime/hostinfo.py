@@ -1,15 +1,15 @@
 """Facts about the machine that change performance and int8 numerics, for every report header: the same code on
-the host and in the device bundle (Python >= 3.9, numpy), so host and device reports match."""
+the host, in the device bundle and in its Android tool (Python >= 3.9, standard library only), so host and device
+reports match."""
 
 from __future__ import annotations
 
 import os
 import platform
 import socket
+import struct
 from functools import cache
 from pathlib import Path
-
-import numpy as np
 
 # ISA features that decide which int8/fp kernels a runtime can use (cpuinfo flag -> reported name).
 ISA_FLAGS = {
@@ -93,8 +93,7 @@ def aarch64_hwcaps() -> set | None:
         raw = Path("/proc/self/auxv").read_bytes()
     except OSError:
         return None
-    words = np.frombuffer(raw[: len(raw) // 16 * 16], dtype="<u8").reshape(-1, 2)
-    values = {int(key): int(value) for key, value in words}
+    values = dict(struct.iter_unpack("<QQ", raw[: len(raw) // 16 * 16]))
     return {name for (key, bit), name in _HWCAP_BITS.items() if values.get(key, 0) >> bit & 1}
 
 

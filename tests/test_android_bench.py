@@ -10,14 +10,17 @@ from __future__ import annotations
 import ast
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from edge_runtime import android_bench
-from edge_runtime.android_bench import NO_ADB, NO_TIMINGS, guess_precision, parse_benchmark_model
+from benchmarks.bundle import ANDROID_BESIDE_RUN
+from edge_runtime import android_bench, benchmark_model_output
+from edge_runtime.android_bench import NO_ADB, guess_precision
+from edge_runtime.benchmark_model_output import NO_TIMINGS, parse_benchmark_model
 
 DATA = Path(__file__).parent / "data" / "benchmark_model"
 SCRIPT = Path(android_bench.__file__)
@@ -155,8 +158,8 @@ def test_peak_memory_lines_of_a_recent_build():
     text = recorded("peak_memory_tail_tf2_11.txt")
     with pytest.raises(ValueError, match=NO_TIMINGS):
         parse_benchmark_model(text)
-    messages = [android_bench._message(line) for line in text.splitlines()]
-    assert android_bench._memory(messages) == {
+    messages = [benchmark_model_output._message(line) for line in text.splitlines()]
+    assert benchmark_model_output._memory(messages) == {
         "reported_as": "Memory footprint delta from the start of the tool (MB)",
         "init_footprint_delta_mb": pytest.approx(2.43359),
         "overall_footprint_delta_mb": pytest.approx(8.67578),
@@ -207,17 +210,21 @@ def test_guess_precision(name, precision):
 
 
 def test_standalone_stdlib_and_python39_syntax():
-    """Shipped alone in a tarball: standard library only, no repository import, Python 3.9 grammar."""
-    source = SCRIPT.read_text(encoding="utf-8")
-    tree = ast.parse(source, feature_version=(3, 9))
-    imported = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            imported.update(alias.name.split(".")[0] for alias in node.names)
-        elif isinstance(node, ast.ImportFrom):
-            assert node.level == 0
-            imported.add((node.module or "").split(".")[0])
-    assert imported <= set(sys.stdlib_module_names) | {"__future__"}, imported - set(sys.stdlib_module_names)
+    """Shipped in the tarball's android/ folder with the modules it imports: standard library only, no other
+    repository import, Python 3.9 grammar."""
+    shipped = {Path(name).stem for name in ANDROID_BESIDE_RUN}
+    for path in (SCRIPT, *(SCRIPT.parent / name for name in ANDROID_BESIDE_RUN)):
+        tree = ast.parse(path.read_text(encoding="utf-8"), feature_version=(3, 9))
+        imported = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                imported.update(alias.name for alias in node.names)
+            elif isinstance(node, ast.ImportFrom):
+                assert node.level == 0
+                imported.add(node.module or "")
+        imported -= shipped | {f"edge_runtime.{name}" for name in shipped}
+        roots = {name.split(".")[0] for name in imported}
+        assert roots <= set(sys.stdlib_module_names) | {"__future__"}, (path.name, roots - set(sys.stdlib_module_names))
 
 
 # ---------------------------------------------------------------- the runner, on a fake phone
@@ -442,9 +449,19 @@ def test_no_adb_on_path_in_process(monkeypatch, tmp_path, capsys):
 
 
 def test_no_adb_on_path_as_a_script(tmp_path):
-    """Run alone as the tarball runs it, with an empty PATH: exactly one line on stderr, exit 2."""
+    """Run as the tarball runs it (its android/ folder alone), with an empty PATH: one line on stderr, exit 2."""
+    folder = tmp_path / "android"
+    folder.mkdir()
+    shutil.copyfile(SCRIPT, folder / "run_android.py")
+    for name in ANDROID_BESIDE_RUN:
+        shutil.copyfile(SCRIPT.parent / name, folder / name)
     done = subprocess.run(
-        [sys.executable, str(SCRIPT)], capture_output=True, text=True, cwd=tmp_path, env={"PATH": ""}, timeout=60
+        [sys.executable, str(folder / "run_android.py")],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={"PATH": ""},
+        timeout=60,
     )
     assert done.returncode == 2
     assert done.stderr == (

@@ -17,7 +17,7 @@ from pathlib import Path
 import jsonschema
 import pytest
 
-from benchmarks.bundle import SHIPPED_BESIDE_RUN
+from benchmarks.bundle import ANDROID_BESIDE_RUN, SHIPPED_BESIDE_RUN
 from benchmarks.report import REPORT_SCHEMA
 
 pytestmark = pytest.mark.slow
@@ -97,7 +97,7 @@ def test_bundle_holds_models_inputs_runner_and_manifest(bundle: Path, tmp_path: 
         assert (root / model["file"]).is_file() and (root / model["inputs"]).is_file()
         assert model["macs"] > 1.5e9 and model["activation_bytes"] > 0
     assert set(manifest["files"]) >= {"run.py", "README.md", "labels.npy", "reference_outputs.npy"}
-    assert "android/run_android.py" in manifest["files"]
+    assert {"android/run_android.py", *(f"android/{name}" for name in ANDROID_BESIDE_RUN)} <= set(manifest["files"])
     assert {"ceiling.py", "ceiling/ceiling.onnx", "ceiling/ceiling.int8.tflite"} <= set(manifest["files"])
     readme = (root / "README.md").read_text()
     assert "tar xf googlenet-bench.tar.gz" in readme and "python3 googlenet-bench/run.py" in readme
