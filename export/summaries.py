@@ -74,6 +74,8 @@ def summarize_tflite(artifacts: list, elapsed: float, out: Path) -> None:
         drift = (info.get("drift") or {}).get("litert") or {}
         acc, fid = drift.get("accuracy") or {}, drift.get("fidelity") or {}
         float_ops = sum(n for op, n in info["ops"].items() if "FLOAT32]" in op and "QUANTIZE" not in op)
+        kernels = info.get("kernels") or {}
+        share = kernels.get("int8_mac_share")
         rows.append(
             (
                 str(out / artifact.path.name),
@@ -84,8 +86,11 @@ def summarize_tflite(artifacts: list, elapsed: float, out: Path) -> None:
                 "—" if "top1_drop_pp" not in drift else f"{drift['top1_drop_pp']:+.2f} pp",
                 "—" if not fid else f"{fid['top1_agreement']:.1%}",
                 str(float_ops),
+                "—" if share is None else f"{share:.0%} ({kernels['int8_compute_ops']}/{kernels['compute_ops']})",
             )
         )
-    columns = ("artifact", "precision", "input", "size", "top-1", "drop", "agreement", "float ops")
+        if info["precision"] == "int8" and share is not None and share < 0.5:
+            ui.warn(f"on this host only {share:.0%} of {artifact.path.name}'s MACs run in int8 kernels")
+    columns = ("artifact", "precision", "input", "size", "top-1", "drop", "agreement", "float ops", "int8 MACs")
     ui.show(ui.table("TFLite (run in LiteRT)", columns, rows))
     ui.show(f"total time {elapsed:.1f} s")

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edge_runtime import kernel_coverage
 from edge_runtime.formats import BY_NAME
 from edge_runtime.sessions import TfliteRunner, tflite_op_histogram
 from export import __version__
@@ -162,6 +163,15 @@ def _io_details(path: Path) -> dict:
     return detail
 
 
+def _kernels(path: Path, io_details: dict) -> dict:
+    """What LiteRT runs of a quantized file on this host: ops in int8 kernels, their share of the MACs, and
+    how many XNNPACK took (`edge_runtime.kernel_coverage`)."""
+    from export.inspect_tflite import count_tflite
+
+    sample = np.zeros(io_details["input"]["shape"], io_details["input"]["dtype"])
+    return kernel_coverage.coverage(path, sample, [[layer.name, layer.macs] for layer in count_tflite(path).layers])
+
+
 def finish_artifact(
     staged: Path,
     loaded: LoadedModel,
@@ -186,6 +196,7 @@ def finish_artifact(
             "fp32": {"accuracy": accuracy(fp32_logits, eval_set.labels)},
             "litert": measure_drift(TfliteRunner(staged), replace(eval_set, inputs=inputs), fp32_logits, label),
         }
+    io_details = _io_details(staged)
     record = ArtifactRecord(
         format="tflite",
         precision=mode or "fp32",
@@ -193,12 +204,13 @@ def finish_artifact(
         **loaded.describe(),
         preprocess=preprocess.to_dict(),
         labels=loaded.labels.to_dict(),
-        **_io_details(staged),
+        **io_details,
         ops=tflite_op_histogram(staged),
         converter="toolkit tf.nn port -> tf.lite.TFLiteConverter",
         producer={"toolkit": __version__, "tensorflow": require_tensorflow().__version__},
         reference=onnx_path.name,
         drift=drift,
+        **({"kernels": _kernels(staged, io_details)} if mode else {}),
         **extra,
     )
     set_tflite_metadata(staged, _embedded_metadata(record.to_dict()))

@@ -95,6 +95,10 @@ def test_int8_drift_and_size(tflite_run) -> None:
     # 26.1%: int8 weights, the float stem's fp16 conv1 and the lowered LRNs' fp16 band weights (82 KB)
     assert info["size_ratio"] <= 0.265
     assert info["calibration"]["images"] == 100
+    # what LiteRT runs here, as the ONNX int8 sidecar says it: conv1 float by the recipe, XNNPACK takes every op
+    kernels = info["kernels"]
+    assert (kernels["runtime"], kernels["int8_compute_ops"], kernels["compute_ops"]) == ("litert", 57, 58)
+    assert kernels["delegated_ops"] == kernels["total_ops"] and 0.9 < kernels["int8_mac_share"] < 1
     recipe = info["quantization"]
     assert (recipe["float_stem"], recipe["bias_correction"], recipe["global_mean"]) == (True, True, True)
     assert recipe["passes"] == ["float-stem", "bias-correction", "mean-pool"] and recipe["rounding"] == "nearest"
