@@ -150,3 +150,30 @@ def test_hybrid_classifier_keeps_int8_weights_and_float_logits(tmp_path: Path) -
     expected = TfliteRunner(fp32)(x)
     errors = {p.name: np.sqrt(np.mean((TfliteRunner(p)(x) - expected) ** 2)) for p in (hybrid, full)}
     assert errors["hybrid.tflite"] < errors["full.tflite"] < 0.1 * np.abs(expected).mean()
+
+
+@pytest.mark.parametrize(
+    ("size", "alpha", "beta", "k"), [(5, 1e-4, 0.75, 1.0), (4, 2e-2, 0.75, 2.0), (3, 1e-3, 0.6, 1.5)]
+)
+def test_the_tflite_lrn_computes_pytorch_s(size: int, alpha: float, beta: float, k: float) -> None:
+    """The TF port's LRN (lowered to a band convolution for beta 0.75, an even window included; TF's own op
+    otherwise) against PyTorch's, and the lowered ops all carry the name LiteRT's int8 recipe keeps in float."""
+    from types import SimpleNamespace
+
+    import torch
+    import torch.nn.functional as F
+
+    from edge_runtime.kernel_coverage import is_lowered_lrn
+    from export.lrn import LRN
+    from export.tflite_graph import TFGoogLeNet
+
+    x = np.random.default_rng(size).uniform(0, 80, (2, 5, 6, 9)).astype(np.float32)  # NHWC, 9 channels
+    port = SimpleNamespace(tf=tf, _const=lambda key, value: tf.constant(value, name=key))
+    got = TFGoogLeNet.lrn(port, tf.constant(x), "norm", LRN(size, alpha, beta, k)).numpy()
+    expected = F.local_response_norm(torch.from_numpy(x.transpose(0, 3, 1, 2)), size, alpha, beta, k).numpy()
+    np.testing.assert_allclose(got, expected.transpose(0, 2, 3, 1), rtol=2e-5, atol=1e-6)
+
+    traced = tf.function(lambda t: TFGoogLeNet.lrn(port, t, "norm", LRN(size, alpha, beta, k)))
+    graph = traced.get_concrete_function(tf.TensorSpec(x.shape, tf.float32)).graph
+    ops = [op.name for op in graph.get_operations() if op.type not in ("Placeholder", "Const", "Identity", "NoOp")]
+    assert all(is_lowered_lrn(name) for name in ops) == (beta == 0.75), ops
