@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from benchmarks.ceiling_models import ceiling_models_dir, write_ceiling_models
+from benchmarks.emulation_env import CACHE_ENV
 from edge_runtime.ceiling import CEILING_INPUT, CEILING_MODELS, CHANNELS, KERNEL, SIDE, measure_ceiling
 from edge_runtime.formats import format_of, open_session
 from edge_runtime.kernel_coverage import coverage
@@ -75,6 +76,7 @@ def test_the_ceiling_is_measured_per_runtime_precision_and_threads(models: Path)
 
 
 def test_the_cache_is_written_once_and_whole(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(CACHE_ENV, raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     folder = ceiling_models_dir()
     assert folder.parent == tmp_path / "googlenet-edge" and sorted(p.name for p in folder.iterdir()) == NAMES
