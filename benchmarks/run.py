@@ -245,6 +245,6 @@ def _accuracy(path: Path, info: dict, inputs, reference: Path | None, reference_
 
 def warn_if_mostly_float(entry: dict) -> None:
     """An int8 model whose multiply-adds mostly run in float kernels here: its latency is not int8's."""
-    share = (entry.get("kernels") or {}).get("int8_mac_share")
-    if entry["precision"] == "int8" and share is not None and share < 0.5:
+    if entry["precision"] == "int8" and kernel_coverage.mostly_float(entry.get("kernels")):
+        share = entry["kernels"]["int8_mac_share"]
         ui.warn(f"{entry['name']}: only {share:.0%} of its multiply-adds run in int8 kernels on {entry['device']}")

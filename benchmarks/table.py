@@ -6,18 +6,10 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from benchmarks.metrics import BY_KEY, METRICS, Metric
+from edge_runtime.kernel_coverage import coverage_text
 from export import ui
 
 Cell = Callable[[dict], str]
-
-
-def coverage_text(kernels: dict | None) -> str:
-    """`82% (31/58)`: share of MACs in int8 kernels (int8 compute ops / all compute ops)."""
-    if not kernels:
-        return "—"
-    share = kernels.get("int8_mac_share")
-    ops = f"{kernels['int8_compute_ops']}/{kernels['compute_ops']}"
-    return f"{share:.0%} ({ops})" if share is not None else ops
 
 
 def speedup_text(latency: list) -> str:

@@ -43,6 +43,24 @@ def is_lowered_lrn(name: str) -> bool:
     return LOWERED_LRN_MARK in name
 
 
+MOSTLY_FLOAT_BELOW = 0.5  # an int8 model with less of its MACs in int8 kernels runs mostly in float here
+
+
+def mostly_float(kernels: dict | None) -> bool:
+    """An int8 model whose multiply-adds mostly run in float kernels on this host: its latency is not int8's."""
+    share = (kernels or {}).get("int8_mac_share")
+    return share is not None and share < MOSTLY_FLOAT_BELOW
+
+
+def coverage_text(kernels: dict | None) -> str:
+    """`82% (31/58)`: share of MACs in int8 kernels (int8 compute ops / all compute ops); `—` without a reading."""
+    if not kernels:
+        return "—"
+    share = kernels.get("int8_mac_share")
+    ops = f"{kernels['int8_compute_ops']}/{kernels['compute_ops']}"
+    return f"{share:.0%} ({ops})" if share is not None else ops
+
+
 def onnx_nodes(path: str | Path, sample: np.ndarray) -> list[dict]:
     """Every node ONNX Runtime ran for one inference of `sample`, in order: name, kernel op, int8 or not."""
     import onnxruntime as ort

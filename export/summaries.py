@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from edge_runtime.kernel_coverage import coverage_text, mostly_float
 from export import ui
 from export.counting import format_count
 from export.onnx_export import OnnxExportResult
@@ -57,7 +58,7 @@ def summarize_onnx_int8(info: dict, timings: dict[str, float], target: str, cali
         share = kernels.get("int8_mac_share")
         ops = f"{kernels['int8_compute_ops']}/{kernels['compute_ops']} compute ops"
         rows.append(("int8 kernels on this host", f"{share:.0%} of MACs ({ops})" if share is not None else ops))
-        if share is not None and share < 0.5:
+        if mostly_float(kernels):
             ui.warn(f"on this host only {share:.0%} of the int8 model's MACs run in int8 kernels (--target {target})")
     if calib.get("skipped_non_images"):
         rows.append(("skipped non-image files", str(calib["skipped_non_images"])))
@@ -74,8 +75,7 @@ def summarize_tflite(artifacts: list, elapsed: float, out: Path) -> None:
         drift = (info.get("drift") or {}).get("litert") or {}
         acc, fid = drift.get("accuracy") or {}, drift.get("fidelity") or {}
         float_ops = sum(n for op, n in info["ops"].items() if "FLOAT32]" in op and "QUANTIZE" not in op)
-        kernels = info.get("kernels") or {}
-        share = kernels.get("int8_mac_share")
+        kernels = info.get("kernels")
         rows.append(
             (
                 str(out / artifact.path.name),
@@ -86,10 +86,11 @@ def summarize_tflite(artifacts: list, elapsed: float, out: Path) -> None:
                 "—" if "top1_drop_pp" not in drift else f"{drift['top1_drop_pp']:+.2f} pp",
                 "—" if not fid else f"{fid['top1_agreement']:.1%}",
                 str(float_ops),
-                "—" if share is None else f"{share:.0%} ({kernels['int8_compute_ops']}/{kernels['compute_ops']})",
+                coverage_text(kernels),
             )
         )
-        if info["precision"] == "int8" and share is not None and share < 0.5:
+        if info["precision"] == "int8" and mostly_float(kernels):
+            share = kernels["int8_mac_share"]
             ui.warn(f"on this host only {share:.0%} of {artifact.path.name}'s MACs run in int8 kernels")
     columns = ("artifact", "precision", "input", "size", "top-1", "drop", "agreement", "float ops", "int8 MACs")
     ui.show(ui.table("TFLite (run in LiteRT)", columns, rows))
