@@ -161,11 +161,11 @@ def _collect_in_parallel(calibrator, reader: OrtCalibrationReader, count: int) -
     options.log_severity_level = 3
     session = ort.InferenceSession(calibrator.augmented_model_path, options, providers=["CPUExecutionProvider"])
     names = [output.name for output in session.get_outputs()]
+    kept = calibrator.model_original_outputs  # the model's own outputs are not calibrated
     feeds = list(iter(reader.get_next, None))
     with ThreadPoolExecutor(os.cpu_count() or 1) as pool:
         runs = pool.map(lambda feed: session.run(None, feed), feeds)
         for outputs in progress(runs, "Calibrating", total=len(feeds) or count):
-            kept = calibrator.model_original_outputs  # the model's own outputs are not calibrated
             calibrator.intermediate_outputs.append(
                 [None if name in kept else value for name, value in zip(names, outputs, strict=True)]
             )

@@ -119,16 +119,10 @@ def bias_shifts(recorded: dict[str, list], skip: tuple[str, ...] = ()) -> dict[s
 
 def stem_tensor_names(flatbuffer: bytes) -> list[str]:
     """Output tensor names of the ops from the input up to and including the first MAX_POOL_2D."""
-    from ai_edge_litert.tools import flatbuffer_utils
-
-    model = flatbuffer_utils.convert_bytearray_to_object(bytearray(flatbuffer))
-    graph = model.subgraphs[0]
-    names, _ = tflite_names()
     stem = []
-    for op in graph.operators:
-        code = flatbuffer_utils.get_builtin_code_from_operator_code(model.operatorCodes[op.opcodeIndex])
-        stem += [graph.tensors[t].name.decode() for t in op.outputs]
-        if names.get(code) == "MAX_POOL_2D":
+    for model, op, name in _ops(flatbuffer):
+        stem += [model.subgraphs[0].tensors[t].name.decode() for t in op.outputs]
+        if name == "MAX_POOL_2D":
             return stem
     raise ToolkitError("no max pool in the calibrated model: cannot find the stem to keep in float")
 
