@@ -66,9 +66,14 @@ def branches_on_format(path: Path, root: Path = PROJECT) -> list[str]:
     return found
 
 
+def _outside_the_table(packages: tuple[str, ...], check) -> list[str]:
+    """`check`'s hits in every module of `packages` but the table and the exempt files."""
+    files = [path for package in packages for path in sorted((PROJECT / package).rglob("*.py"))]
+    return [hit for path in files if path != TABLE and path not in EXEMPT for hit in check(path)]
+
+
 def test_the_benchmark_side_has_no_suffix_branches() -> None:
-    files = sorted((PROJECT / "benchmarks").rglob("*.py")) + sorted((PROJECT / "edge_runtime").rglob("*.py"))
-    found = [hit for path in files if path != TABLE and path not in EXEMPT for hit in branches_on_format(path)]
+    found = _outside_the_table(("benchmarks", "edge_runtime"), branches_on_format)
     assert not found, "format branches outside edge_runtime/formats.py:\n" + "\n".join(found)
 
 
@@ -123,9 +128,7 @@ def _literal_lists(path: Path, root: Path = PROJECT) -> list[str]:
 
 
 def test_the_table_is_the_only_list_of_formats() -> None:
-    packages = ("edge_runtime", "export", "quantize", "benchmarks", "studies")
-    files = [p for package in packages for p in sorted((PROJECT / package).rglob("*.py"))]
-    found = [hit for path in files if path != TABLE and path not in EXEMPT for hit in _literal_lists(path)]
+    found = _outside_the_table(("edge_runtime", "export", "quantize", "benchmarks", "studies"), _literal_lists)
     assert not found, "lists of formats outside edge_runtime/formats.py:\n" + "\n".join(found)
 
 
