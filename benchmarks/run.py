@@ -59,7 +59,7 @@ def discover(paths: list[Path]) -> list[Path]:
             raise ToolkitError("no such file or folder", path)
     if not found:
         given = paths[0] if paths else DEFAULT_ARTIFACTS
-        raise ToolkitError(f"no {' or '.join(formats.MODEL_SUFFIXES)} models to benchmark", given)
+        raise ToolkitError(f"no {formats.EXPECTED} models to benchmark", given)
     return list(dict.fromkeys(found))
 
 
