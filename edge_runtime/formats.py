@@ -135,7 +135,16 @@ class Ref:
 
 # Keys of `export.formats.OPTIONS`: what every format's command takes, and what only means something when quantizing.
 COMMON_OPTIONS = ("weights", "num_classes", "labels", "seed", "out", "eval", "no_eval")
-QUANTIZE_OPTIONS = ("calib", "calib_size", "calibration", "target", "exclude", "int8_recipe")
+QUANTIZE_OPTIONS = (
+    "calib",
+    "calib_size",
+    "calibration",
+    "target",
+    "exclude",
+    "int8_recipe",
+    "max_drop",
+    "min_agreement",
+)
 
 
 @dataclass(frozen=True)

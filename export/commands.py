@@ -58,6 +58,8 @@ def run_onnx(args: argparse.Namespace) -> int:
         **_common(args),
         target=args.target,
         exclude=tuple(args.exclude),
+        max_drop=args.max_drop,
+        min_agreement=args.min_agreement,
         calibration_method=args.calibration,
         opset=args.opset,
         dynamic_batch=args.dynamic_batch,

@@ -115,6 +115,25 @@ OPTIONS: dict[str, Option] = {
         ("--exclude",),
         {"nargs": "+", "default": [], "metavar": "NODE", "help": "node names to keep in float"},
     ),
+    "max_drop": Option(
+        ("--max-drop",),
+        {
+            "type": float,
+            "default": None,
+            "metavar": "PP",
+            "help": "accuracy-aware int8: keep the fewest activations float until the top-1 drop on the "
+            "calibration photos is at most PP points",
+        },
+    ),
+    "min_agreement": Option(
+        ("--min-agreement",),
+        {
+            "type": float,
+            "default": None,
+            "metavar": "F",
+            "help": "accuracy-aware int8: ... until top-1 agreement with FP32 on the calibration photos is at least F",
+        },
+    ),
     "io": Option(
         ("--io",),
         {

@@ -65,6 +65,8 @@ class ExportRequest:
     int8_recipe: str = DEFAULT_RECIPE
     target: str = DEFAULT_TARGET  # ONNX only, like the four below
     exclude: tuple[str, ...] = ()
+    max_drop: float | None = None  # accuracy-aware int8 (ONNX): the budget on the calibration photos
+    min_agreement: float | None = None
     calibration_method: str | None = None  # ORT's calibration (default: the target preset's)
     opset: int | None = None
     dynamic_batch: bool = False
@@ -210,14 +212,17 @@ def export_onnx_request(request: ExportRequest) -> ExportOutcome:
         ui.show(render_table(count_onnx(result.path), paper=True))
         summarize_onnx(result, time.perf_counter() - started, request.out / result.path.name)
         if request.quantize:
-            outcome.int8_onnx = _quantize_onnx_int8(result, source, config, loaded, request.out)
+            from quantize.accuracy_control import AccuracyBudget
+
+            budget = AccuracyBudget(request.max_drop, request.min_agreement)
+            outcome.int8_onnx = _quantize_onnx_int8(result, source, config, loaded, request.out, budget)
         outcome.files = _publish_together(bundle, request.out)
     ui.show(f"total time {time.perf_counter() - started:.1f} s")
     return outcome
 
 
 def _quantize_onnx_int8(
-    result: OnnxExportResult, source: CalibrationSource, config, loaded: LoadedModel, out: Path
+    result: OnnxExportResult, source: CalibrationSource, config, loaded: LoadedModel, out: Path, budget
 ) -> Int8Result:
     """`googlenet.int8.onnx` beside the FP32 model, its drift measured on the FP32 model's evaluation."""
     from export.evaluation import load_eval_set
@@ -231,7 +236,10 @@ def _quantize_onnx_int8(
         ui.warn("no held-out labelled images: drift is measured on the built-in photos (agreement only)")
         eval_set = load_eval_set(validation_photos(), None, loaded.preprocess, None, "Loading photos")
         fp32_logits = None
-    q = quantize_onnx(result.path, source, config, eval_set, fp32_logits, reference=loaded.model)
+    validation = _validation_set(source, loaded) if budget else None
+    q = quantize_onnx(
+        result.path, source, config, eval_set, fp32_logits, reference=loaded.model, budget=budget, validation=validation
+    )
     drift = q.info["drift"]
     if drift:
         ui.show(drift_table(drift))
@@ -240,6 +248,20 @@ def _quantize_onnx_int8(
             ui.warn(drift["host_caveat"])
     summarize_onnx_int8(q.info, q.timings, config.target, config.calibration, out / q.path.name)
     return q
+
+
+def _validation_set(source: CalibrationSource, loaded: LoadedModel):
+    """Accuracy control's photos: the calibration photos, labelled where their folder names them, never the
+    evaluation photos (which the export keeps apart from calibration)."""
+    import numpy as np
+
+    from export.evaluation import EvalSet, load_eval_set
+
+    chosen = getattr(source, "chosen", None)
+    if chosen is not None:
+        return load_eval_set(chosen, source.folder, loaded.preprocess, loaded.labels, "Loading validation photos")
+    images = np.concatenate(list(source.batches()))
+    return EvalSet(paths=[], inputs=images, labels=np.full(len(images), -1, np.int64))
 
 
 def export_tflite_request(request: ExportRequest) -> ExportOutcome:

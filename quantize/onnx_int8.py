@@ -33,10 +33,13 @@ from export.evaluation import EvalSet, measure_drift, predict, round_floats
 from export.inspect_onnx import count_file
 from export.onnx_lrn import compact_lrn_bands, lowered_lrn_nodes, share_lrn_inputs
 from export.ui import progress, step
+from quantize.accuracy_control import control_accuracy
 from quantize.calibration import CalibrationSource, OrtCalibrationReader
 from quantize.drift import layer_errors
+from quantize.onnx_float import float_activations, tensors_read_by
 from quantize.onnx_pools import keep_max_pools_float
 from quantize.presets import QuantizationConfig
+from quantize.ranges import set_mse_ranges
 
 LAYER_REPORT_IMAGES = 4
 # What the int8 model shares with its FP32 parent: identity, inputs and labels (not its accuracy).
@@ -114,6 +117,7 @@ def _calibration_method(config: QuantizationConfig):
     symmetric = config.activation_symmetric
     return {
         "minmax": (CalibrationMethod.MinMax, {"symmetric": symmetric}),
+        "mse": (CalibrationMethod.MinMax, {"symmetric": symmetric}),  # min-max first, then `quantize.ranges`
         "entropy": (CalibrationMethod.Entropy, {"symmetric": symmetric}),
         "percentile": (
             CalibrationMethod.Percentile,
@@ -138,11 +142,13 @@ def calibrate(pre: Path, source: CalibrationSource, config: QuantizationConfig, 
             calibrate_method=method,
             extra_options=options,
         )
-        if config.calibration == "minmax":
+        if config.calibration in ("minmax", "mse"):
             _collect_in_parallel(calibrator, OrtCalibrationReader(source, input_name), count)
         else:  # histograms are merged batch by batch: ONNX Runtime's own loop, in its order
             calibrator.collect_data(_ProgressReader(source, input_name, count))
         ranges = calibrator.compute_data()
+    if config.calibration == "mse":
+        set_mse_ranges(pre, ranges, OrtCalibrationReader(source, input_name), count)
     if config.shared_concat_ranges:
         share_concat_ranges(onnx.load(str(pre), load_external_data=False), ranges)
     cache = workdir / "calibration.json"
@@ -271,6 +277,8 @@ def quantize_onnx(
     fp32_logits: np.ndarray | None = None,
     out_path: Path | None = None,
     reference=None,
+    budget=None,
+    validation: EvalSet | None = None,
 ) -> Int8Result:
     """Quantize, stamp metadata, measure drift; `googlenet.int8.onnx` appears only when all succeeded."""
     fp32_path = Path(fp32_path)
@@ -303,8 +311,12 @@ def quantize_onnx(
         _quantize_static(pre, staged, cache, config, lrn_nodes)
         quantized = onnx.load(str(staged))
         float_pools = keep_max_pools_float(quantized)
+        float_inputs = float_activations(quantized, tensors_read_by(quantized, config.float_inputs))
         compact_lrn_bands(quantized)  # quant_pre_process folded them into C x C floats: +164 KB
         share_lrn_inputs(quantized)
+        control = None
+        if budget and validation is not None:
+            quantized, control = control_accuracy(quantized, fp32_path, validation, budget)
         onnx.save(quantized, str(staged))
         timings["quantize_s"] = time.perf_counter() - started
 
@@ -328,7 +340,12 @@ def quantize_onnx(
             quantization={
                 **config.to_dict(),
                 **({"rounding": rounding} if rounding else {}),
-                "float_ops": {"lrn": sorted({n.split("/")[0] for n in lrn_nodes}), "max_pools": float_pools},
+                "float_ops": {
+                    "lrn": sorted({n.split("/")[0] for n in lrn_nodes}),
+                    "max_pools": float_pools,
+                    "activations": float_inputs,
+                },
+                **({"accuracy_control": control} if control else {}),
             },
             calibration=calibration,
             drift=drift,

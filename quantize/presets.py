@@ -8,8 +8,8 @@ from typing import Literal
 
 from export.errors import ToolkitError
 
-CalibrationName = Literal["minmax", "entropy", "percentile"]
-CALIBRATION_METHODS: tuple[str, ...] = ("minmax", "entropy", "percentile")
+CalibrationName = Literal["minmax", "entropy", "percentile", "mse"]
+CALIBRATION_METHODS: tuple[str, ...] = ("minmax", "entropy", "percentile", "mse")
 # Measured on BVLC weights and 400 held-out ImageNet photos (docs/quantization-studies.md): the best here.
 DEFAULT_CALIBRATION = "minmax"
 DEFAULT_CALIB_SIZE = 200  # calibration images drawn when the user gives none
@@ -34,6 +34,9 @@ class QuantizationConfig:
     # op types whose output stays float (ORT's OpTypesToExcludeOutputQuantization): ["Gemm"] keeps the logits
     # out of an int8 grid whose step (~0.2 logit) flips near-ties
     float_outputs: tuple[str, ...] = ()
+    # op types whose activation inputs stay float while their weights stay int8 (`quantize.onnx_float`):
+    # ["Gemm"] reads the pooled features unrounded, like the TFLite recipe's hybrid classifier
+    float_inputs: tuple[str, ...] = ()
     # give every input of a Concat the Concat output's range: the branch outputs are then rounded once, on the
     # grid the concatenation keeps, instead of twice (their own grid, then the coarser concatenated one)
     shared_concat_ranges: bool = False
@@ -67,6 +70,7 @@ class QuantizationConfig:
         data = asdict(self)
         data["exclude"] = list(self.exclude)
         data["float_outputs"] = list(self.float_outputs)
+        data["float_inputs"] = list(self.float_inputs)
         data["weight_type"] = "int8"
         data["weight_symmetric"] = True
         data["bias_type"] = "int32"
@@ -81,11 +85,14 @@ RECIPES: dict[str, dict] = {
     "toolkit": {},  # the default
     "plain": {},  # ONNX Runtime's static quantization alone
     # opt-in: GPTQ weight rounding, float stem, float average pool (int8 AveragePool keeps inception 5b's
-    # coarse scale; float, the pooled features get their own), float logits (the Gemm's output)
+    # coarse scale), the classifier reading float features and writing float logits (int8 weights, like the
+    # TFLite recipe's hybrid classifier), each Concat's grid shared by its inputs (rounded once, as TFLite does)
     "learned": {
         "rounding": "gptq",
         "exclude": (*FLOAT_STEM, "avgpool"),
         "float_outputs": ("Gemm",),
+        "float_inputs": ("Gemm",),
+        "shared_concat_ranges": True,
     },
     # single steps, measured on their own (docs/int8-fidelity.md)
     "float-stem": {"exclude": FLOAT_STEM},

@@ -1,0 +1,168 @@
+"""Accuracy-aware int8 (`--max-drop PP`, `--min-agreement F`): keep the fewest activations in float until
+the int8 model meets the budget on validation photos (never the evaluation photos).
+
+In the spirit of NNCF's `quantize_with_accuracy_control`: rank the quantized activations by how much
+keeping each one alone in float lowers the logit error against FP32 (a continuous score, so a ranking
+exists even where agreement does not move), then keep the top k float, for the smallest k whose model
+meets the budget (k doubled until it does, then halved back by bisection). Weights stay int8, so the
+file does not grow; the cost is the convolutions that now compute in float, reported in MACs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from export.evaluation import EvalSet, accuracy, fidelity, round_floats
+from export.ui import progress, step
+from quantize.onnx_float import activation_quantizers, float_activations
+
+RANKING_IMAGES = 16  # images each candidate is scored on; the budget itself is checked on all of them
+
+
+@dataclass(frozen=True)
+class AccuracyBudget:
+    """What the int8 model must keep on the validation photos; None = not asked."""
+
+    max_drop_pp: float | None = None
+    min_agreement: float | None = None
+
+    def __bool__(self) -> bool:
+        return self.max_drop_pp is not None or self.min_agreement is not None
+
+    def holds(self, figures: dict) -> bool:
+        if self.min_agreement is not None and figures["agreement"] < self.min_agreement:
+            return False
+        return self.max_drop_pp is None or figures["drop_pp"] <= self.max_drop_pp
+
+
+def _session(model: onnx.ModelProto):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    # emulated (no fusion): the target-independent arithmetic the budget is promised for
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+
+
+def logits_of(model: onnx.ModelProto, images: np.ndarray) -> np.ndarray:
+    session = _session(model)
+    name = session.get_inputs()[0].name
+    return np.concatenate([session.run(None, {name: images[i : i + 1]})[0] for i in range(len(images))])
+
+
+def judge(reference: np.ndarray, logits: np.ndarray, labels: np.ndarray) -> dict:
+    labelled = labels >= 0
+    drop = 0.0
+    if labelled.any():
+        drop = 100 * (
+            accuracy(reference[labelled], labels[labelled])["top1"]
+            - accuracy(logits[labelled], labels[labelled])["top1"]
+        )
+    return {
+        "agreement": fidelity(reference, logits)["top1_agreement"],
+        "drop_pp": drop,
+        "logit_rms": float(np.sqrt(np.mean((logits - reference) ** 2))),
+    }
+
+
+def float_macs(model: onnx.ModelProto, macs_by_node: dict[str, int]) -> int:
+    """MACs of the Conv/Gemm nodes that are not between a DequantizeLinear and a QuantizeLinear: the ones an
+    int8 runtime computes in float."""
+    producers = {output: node for node in model.graph.node for output in node.output}
+    readers: dict[str, list[onnx.NodeProto]] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            readers.setdefault(name, []).append(node)
+    total = 0
+    for node in model.graph.node:
+        if node.op_type not in ("Conv", "Gemm"):
+            continue
+        source = producers.get(node.input[0])
+        quantized_in = source is not None and source.op_type == "DequantizeLinear"
+        quantized_out = any(r.op_type == "QuantizeLinear" for r in readers.get(node.output[0], []))
+        if not (quantized_in and quantized_out):
+            total += macs_by_node.get(node.name, 0)
+    return total
+
+
+def rank_activations(model: onnx.ModelProto, images: np.ndarray, reference: np.ndarray) -> list[tuple[str, float]]:
+    """Each quantized activation with the logit mean-square error removed by keeping it alone in float,
+    largest first (ties broken by name, so the order is reproducible)."""
+    base = float(np.mean((logits_of(model, images) - reference) ** 2))
+    scores = []
+    for name in progress(sorted(activation_quantizers(model)), "Ranking activations"):
+        trial = onnx.ModelProto()
+        trial.CopyFrom(model)
+        float_activations(trial, [name])
+        scores.append((name, base - float(np.mean((logits_of(trial, images) - reference) ** 2))))
+    return sorted(scores, key=lambda item: (-item[1], item[0]))
+
+
+def keep_float_until(
+    model: onnx.ModelProto,
+    fp32: onnx.ModelProto,
+    images: np.ndarray,
+    labels: np.ndarray,
+    budget: AccuracyBudget,
+    macs_by_node: dict[str, int] | None = None,
+) -> tuple[onnx.ModelProto, dict]:
+    """The model with the fewest top-ranked activations kept float that meets `budget` on `images`."""
+    reference = logits_of(fp32, images)
+    start = judge(reference, logits_of(model, images), labels)
+    report: dict = {"budget": asdict(budget), "validation_images": len(images), "before": start, "kept_float": []}
+    macs = macs_by_node or {}
+    report["float_macs_before"] = float_macs(model, macs)
+    if budget.holds(start):
+        return model, {**report, "after": start, "met": True, "float_macs_after": report["float_macs_before"]}
+    step(f"accuracy control: ranking activations on {min(RANKING_IMAGES, len(images))} validation images")
+    ranked = [name for name, _ in rank_activations(model, images[:RANKING_IMAGES], reference[:RANKING_IMAGES])]
+
+    def trial(k: int) -> tuple[onnx.ModelProto, dict]:
+        candidate = onnx.ModelProto()
+        candidate.CopyFrom(model)
+        float_activations(candidate, ranked[:k])
+        return candidate, judge(reference, logits_of(candidate, images), labels)
+
+    tried: dict[int, tuple[onnx.ModelProto, dict]] = {}
+    high = 1
+    while True:
+        tried[high] = trial(high)
+        if budget.holds(tried[high][1]) or high >= len(ranked):
+            break
+        high = min(2 * high, len(ranked))
+    low = high // 2  # the largest k known (or assumed, for 0) to miss the budget
+    while budget.holds(tried[high][1]) and high - low > 1:
+        middle = (low + high) // 2
+        tried[middle] = trial(middle)
+        if budget.holds(tried[middle][1]):
+            high = middle
+        else:
+            low = middle
+    chosen, figures = tried[high]
+    return chosen, {
+        **report,
+        "after": figures,
+        "met": budget.holds(figures),
+        "kept_float": ranked[:high],
+        "float_macs_after": float_macs(chosen, macs),
+        "trials": {str(k): tried[k][1] for k in sorted(tried)},
+    }
+
+
+def control_accuracy(quantized: onnx.ModelProto, fp32_path: Path, validation: EvalSet, budget: AccuracyBudget) -> tuple:
+    """`quantize.accuracy_control` on the validation photos and their mirror images (twice the near-ties)."""
+    from export.inspect_onnx import count_file
+
+    images = np.concatenate([validation.inputs, validation.inputs[..., ::-1]]).astype(np.float32)
+    labels = np.concatenate([validation.labels, validation.labels])
+    macs = {layer.name: layer.macs for layer in count_file(fp32_path).layers}
+    model, report = keep_float_until(quantized, onnx.load(str(fp32_path)), images, labels, budget, macs)
+    report["validation"] = f"{len(validation)} calibration photos and their mirror images"
+    if not report["met"]:
+        step(f"accuracy control: the budget is not met even with all {len(report['kept_float'])} activations float")
+    return model, round_floats(report)

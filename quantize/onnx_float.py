@@ -1,0 +1,90 @@
+"""Activations kept in float inside a QDQ model, weights still int8: the file does not grow, and the tensor
+loses its int8 rounding (its producer and readers then compute in float).
+
+ONNX Runtime's quantizer drops a Relu whose output it quantizes with the zero point at the bottom of the
+type (the QuantizeLinear clamps the negatives instead); removing that QuantizeLinear puts a Relu back, so
+the float graph computes exactly what the int8 one approximated.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+
+def activation_quantizers(model: onnx.ModelProto) -> dict[str, onnx.NodeProto]:
+    """Float tensor name -> the QuantizeLinear that rounds it, for every activation (not initializer)."""
+    constants = {tensor.name for tensor in model.graph.initializer}
+    return {
+        node.input[0]: node
+        for node in model.graph.node
+        if node.op_type == "QuantizeLinear" and node.input[0] not in constants
+    }
+
+
+def tensors_read_by(model: onnx.ModelProto, op_types: Iterable[str]) -> list[str]:
+    """The quantized activations that ops of `op_types` read (through their DequantizeLinear)."""
+    quantizers = activation_quantizers(model)
+    by_output = {node.output[0]: node for node in model.graph.node}
+    wanted = set(op_types)
+    found = []
+    for node in model.graph.node:
+        if node.op_type not in wanted:
+            continue
+        for name in node.input:
+            dequantize = by_output.get(name)
+            if dequantize is None or dequantize.op_type != "DequantizeLinear":
+                continue
+            quantize = by_output.get(dequantize.input[0])
+            if quantize is not None and quantize.op_type == "QuantizeLinear" and quantize.input[0] in quantizers:
+                found.append(quantize.input[0])
+    return list(dict.fromkeys(found))
+
+
+def _clamps_negatives(model: onnx.ModelProto, quantize: onnx.NodeProto) -> bool:
+    constants = {tensor.name: tensor for tensor in model.graph.initializer}
+    if len(quantize.input) < 3 or quantize.input[2] not in constants:
+        return False
+    zero_point = numpy_helper.to_array(constants[quantize.input[2]])
+    return bool(np.all(zero_point == np.iinfo(zero_point.dtype).min))
+
+
+def float_activations(model: onnx.ModelProto, tensors: Iterable[str]) -> list[str]:
+    """Remove the QuantizeLinear -> DequantizeLinear pairs of `tensors` (in place); returns the names kept float."""
+    quantizers = activation_quantizers(model)
+    chosen = [name for name in dict.fromkeys(tensors) if name in quantizers]
+    if not chosen:
+        return []
+    replaced: dict[str, str] = {}  # DequantizeLinear output -> the float tensor its readers take instead
+    dropped: set[str] = set()
+    added: list[onnx.NodeProto] = []
+    for name in chosen:
+        quantize = quantizers[name]
+        source = name
+        if _clamps_negatives(model, quantize):
+            source = f"{name}_float_relu"
+            added.append(helper.make_node("Relu", [name], [source], name=f"{quantize.name}_float_relu"))
+        dropped.add(quantize.name)
+        for node in model.graph.node:
+            if node.op_type == "DequantizeLinear" and node.input[0] == quantize.output[0]:
+                replaced[node.output[0]] = source
+                dropped.add(node.name)
+    kept = []
+    for node in model.graph.node:
+        if node.name in dropped:
+            continue
+        for index, name in enumerate(node.input):
+            if name in replaced:
+                node.input[index] = replaced[name]
+        kept.append(node)
+        # each Relu right after its producer keeps the nodes topologically sorted
+        kept.extend(relu for relu in added if relu.input[0] in node.output)
+    graph_outputs = {output.name for output in model.graph.output}
+    if graph_outputs & set(replaced):
+        raise ValueError("a graph output is a dequantized activation; keep its producer float instead")
+    del model.graph.node[:]
+    model.graph.node.extend(kept)
+    return chosen
