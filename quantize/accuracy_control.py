@@ -18,7 +18,7 @@ import onnx
 
 from export.evaluation import EvalSet, accuracy, fidelity, round_floats
 from export.ui import progress, step
-from quantize.onnx_float import activation_quantizers, float_activations
+from quantize.onnx_float import float_activations, floatable_activations
 
 RANKING_IMAGES = 16  # images each candidate is scored on; the budget itself is checked on all of them
 
@@ -95,7 +95,7 @@ def rank_activations(model: onnx.ModelProto, images: np.ndarray, reference: np.n
     largest first (ties broken by name, so the order is reproducible)."""
     base = float(np.mean((logits_of(model, images) - reference) ** 2))
     scores = []
-    for name in progress(sorted(activation_quantizers(model)), "Ranking activations"):
+    for name in progress(floatable_activations(model), "Ranking activations"):
         trial = onnx.ModelProto()
         trial.CopyFrom(model)
         float_activations(trial, [name])
@@ -118,7 +118,8 @@ def keep_float_until(
     macs = macs_by_node or {}
     report["float_macs_before"] = float_macs(model, macs)
     if budget.holds(start):
-        return model, {**report, "after": start, "met": True, "float_macs_after": report["float_macs_before"]}
+        unchanged = report["float_macs_before"]
+        return model, {**report, "after": start, "met": True, "float_macs_after": unchanged, "trials": {}}
     step(f"accuracy control: ranking activations on {min(RANKING_IMAGES, len(images))} validation images")
     ranked = [name for name, _ in rank_activations(model, images[:RANKING_IMAGES], reference[:RANKING_IMAGES])]
 

@@ -44,6 +44,15 @@ def tensors_read_by(model: onnx.ModelProto, op_types: Iterable[str]) -> list[str
     return list(dict.fromkeys(found))
 
 
+def floatable_activations(model: onnx.ModelProto) -> list[str]:
+    """The quantized activations `float_activations` can keep float: not those whose dequantized form is a
+    graph output (int8 logits: keep the producer float with `float_outputs` instead)."""
+    outputs = {output.name for output in model.graph.output}
+    quantizers = activation_quantizers(model)
+    dequantized = {node.input[0]: node.output[0] for node in model.graph.node if node.op_type == "DequantizeLinear"}
+    return sorted(name for name, q in quantizers.items() if dequantized.get(q.output[0]) not in outputs)
+
+
 def _clamps_negatives(model: onnx.ModelProto, quantize: onnx.NodeProto) -> bool:
     constants = {tensor.name: tensor for tensor in model.graph.initializer}
     if len(quantize.input) < 3 or quantize.input[2] not in constants:
@@ -58,6 +67,8 @@ def float_activations(model: onnx.ModelProto, tensors: Iterable[str]) -> list[st
     chosen = [name for name in dict.fromkeys(tensors) if name in quantizers]
     if not chosen:
         return []
+    if set(chosen) - set(floatable_activations(model)):  # refused before anything is changed
+        raise ValueError("a graph output is a dequantized activation; keep its producer float instead")
     replaced: dict[str, str] = {}  # DequantizeLinear output -> the float tensor its readers take instead
     dropped: set[str] = set()
     added: list[onnx.NodeProto] = []
@@ -72,7 +83,8 @@ def float_activations(model: onnx.ModelProto, tensors: Iterable[str]) -> list[st
             if node.op_type == "DequantizeLinear" and node.input[0] == quantize.output[0]:
                 replaced[node.output[0]] = source
                 dropped.add(node.name)
-    kept = []
+    produced = {output for node in model.graph.node for output in node.output}
+    kept = [relu for relu in added if relu.input[0] not in produced]  # a graph input's Relu comes first
     for node in model.graph.node:
         if node.name in dropped:
             continue
@@ -82,9 +94,6 @@ def float_activations(model: onnx.ModelProto, tensors: Iterable[str]) -> list[st
         kept.append(node)
         # each Relu right after its producer keeps the nodes topologically sorted
         kept.extend(relu for relu in added if relu.input[0] in node.output)
-    graph_outputs = {output.name for output in model.graph.output}
-    if graph_outputs & set(replaced):
-        raise ValueError("a graph output is a dequantized activation; keep its producer float instead")
     del model.graph.node[:]
     model.graph.node.extend(kept)
     return chosen
