@@ -44,20 +44,18 @@ def figures(reference: np.ndarray, logits: np.ndarray, labels: np.ndarray) -> di
 
 def _onnx(fp32: Path, loaded, source, recipe: str, out: Path, inputs: np.ndarray) -> tuple[np.ndarray, float]:
     from edge_runtime.sessions import throughput_runner
-    from quantize.onnx_int8 import quantize_onnx
-    from quantize.presets import recipe as onnx_recipe
+    from quantize.api import Int8Preset, quantize
 
-    config = onnx_recipe(recipe)
-    quantize_onnx(fp32, source, config, out_path=out, reference=loaded.model)
+    quantize(fp32, source, Int8Preset("onnx", recipe), out_path=out, reference=loaded.model)
     return predict(throughput_runner(out, optimize=False), inputs, "int8 ONNX (emulated)"), out.stat().st_size
 
 
 def _tflite(loaded, calibration: np.ndarray, recipe: str, out: Path, inputs_nchw: np.ndarray):
     from edge_runtime.sessions import TfliteRunner
-    from quantize.tflite_int8 import recipe as tflite_recipe
+    from quantize.api import Int8Preset
     from quantize.tflite_quant import convert
 
-    out.write_bytes(convert(loaded, "int8", "float32", calibration, tflite_recipe(recipe)))
+    out.write_bytes(convert(loaded, "int8", "float32", calibration, Int8Preset("tflite", recipe).settings()))
     return predict(TfliteRunner(out), inputs_nchw.transpose(0, 2, 3, 1), "int8 TFLite"), out.stat().st_size
 
 
@@ -79,10 +77,10 @@ def _weights_only(loaded, calibration_nchw: np.ndarray, recipe: str, inputs: np.
     the floor the weight rounding alone sets."""
     import torch
 
+    from quantize.api import Int8Preset
     from quantize.rounding import RoundingSettings, nearest_ints, quantized_layers, rounded_copy, to_float
-    from quantize.tflite_int8 import recipe as tflite_recipe
 
-    config = tflite_recipe(recipe)
+    config = Int8Preset("tflite", recipe).settings()
     skip = ("conv1.conv",) if config.float_stem else ()
     model, _ = rounded_copy(loaded.model, calibration_nchw, RoundingSettings(method=config.rounding), skip)
     if config.rounding == "nearest":

@@ -176,6 +176,9 @@ class Format:
     reference: bool = False  # its FP32 model is what every other artifact is compared against
     emulates_int8: bool = False  # int8 also run with graph optimisations off: int8 arithmetic emulated in float
     delegate: str | None = None  # the CPU delegate a device runs it with (the report's `runtime` flag of that name)
+    # int8 (`quantize.api.quantize`): an `Int8Preset` -> the backend's settings, and the quantizer itself
+    int8_settings: Ref | None = None
+    quantizer: Ref | None = None
 
 
 FORMATS: tuple[Format, ...] = (
@@ -201,6 +204,8 @@ FORMATS: tuple[Format, ...] = (
         eval_runner=Ref("edge_runtime.sessions:onnx_eval_runner"),
         reference=True,
         emulates_int8=True,
+        int8_settings=Ref("quantize.api:onnx_settings"),
+        quantizer=Ref("quantize.api:quantize_onnx_model"),
     ),
     Format(
         name="tflite",
@@ -224,6 +229,8 @@ FORMATS: tuple[Format, ...] = (
         eval_runner=Ref("edge_runtime.sessions:tflite_eval_runner"),
         extra="tflite",
         delegate="xnnpack",
+        int8_settings=Ref("quantize.api:tflite_settings"),
+        quantizer=Ref("quantize.api:quantize_tflite_model"),
     ),
 )
 BY_NAME = {f.name: f for f in FORMATS}

@@ -180,16 +180,19 @@ def export_onnx_request(request: ExportRequest) -> ExportOutcome:
     check_opset(opset)  # cheap checks first: no progress output before an error
     check_paths(request.out, request.eval_dir, request.evaluate)
     loaded = load_weights(request.weights, request.num_classes, request.labels, request.seed)
-    source, config, evaluation = None, None, _Evaluation(request.eval_dir, request.evaluate)
+    source, preset, evaluation = None, None, _Evaluation(request.eval_dir, request.evaluate)
     if request.quantize:
-        from quantize.presets import DEFAULT_CALIBRATION, recipe
+        from quantize.api import Int8Preset
+        from quantize.presets import DEFAULT_CALIBRATION
 
-        config = recipe(
+        preset = Int8Preset(
+            "onnx",
             request.int8_recipe,
             request.target,
             request.exclude,
             calibration=request.calibration_method or DEFAULT_CALIBRATION,
         )
+        preset.settings()  # an unknown target or recipe fails here, before any slow work
         source, evaluation = _calibration_plan(
             request.calibration, loaded.preprocess, request.calib_size, request.seed, evaluation
         )
@@ -215,21 +218,22 @@ def export_onnx_request(request: ExportRequest) -> ExportOutcome:
             from quantize.accuracy_control import AccuracyBudget
 
             budget = AccuracyBudget(request.max_drop, request.min_agreement)
-            outcome.int8_onnx = _quantize_onnx_int8(result, source, config, loaded, request.out, budget)
+            outcome.int8_onnx = _quantize_onnx_int8(result, source, preset, loaded, request.out, budget)
         outcome.files = _publish_together(bundle, request.out)
     ui.show(f"total time {time.perf_counter() - started:.1f} s")
     return outcome
 
 
 def _quantize_onnx_int8(
-    result: OnnxExportResult, source: CalibrationSource, config, loaded: LoadedModel, out: Path, budget
+    result: OnnxExportResult, source: CalibrationSource, preset, loaded: LoadedModel, out: Path, budget
 ) -> Int8Result:
     """`googlenet.int8.onnx` beside the FP32 model, its drift measured on the FP32 model's evaluation."""
     from export.evaluation import load_eval_set
     from export.sample_images import validation_photos
+    from quantize.api import quantize
     from quantize.drift import drift_table, layer_table
-    from quantize.onnx_int8 import quantize_onnx
 
+    config = preset.settings()
     ui.show(f"int8 target preset: [bold]{config.target}[/bold] ({config.why}); calibration: {config.calibration}")
     eval_set, fp32_logits = result.eval_set, result.eval_logits
     if eval_set is None:
@@ -237,8 +241,15 @@ def _quantize_onnx_int8(
         eval_set = load_eval_set(validation_photos(), None, loaded.preprocess, None, "Loading photos")
         fp32_logits = None
     validation = _validation_set(source, loaded) if budget else None
-    q = quantize_onnx(
-        result.path, source, config, eval_set, fp32_logits, reference=loaded.model, budget=budget, validation=validation
+    q = quantize(
+        result.path,
+        source,
+        preset,
+        eval_set=eval_set,
+        fp32_logits=fp32_logits,
+        reference=loaded.model,
+        budget=budget,
+        validation=validation,
     )
     drift = q.info["drift"]
     if drift:
@@ -266,12 +277,13 @@ def _validation_set(source: CalibrationSource, loaded: LoadedModel):
 
 def export_tflite_request(request: ExportRequest) -> ExportOutcome:
     from export.tflite_export import input_preprocess, require_tensorflow
-    from quantize.tflite_int8 import recipe
+    from quantize.api import Int8Preset, quantize
     from quantize.tflite_quant import export_tflite
 
     started = time.perf_counter()
     check_io(request.io, request.quantize)
-    int8 = recipe(request.int8_recipe)
+    preset = Int8Preset("tflite", request.int8_recipe, io=request.io)
+    int8 = preset.settings()  # also shapes the FP32 file (the pool as MEAN)
     check_paths(request.out, request.eval_dir, request.evaluate)
     require_tensorflow()
     loaded = load_weights(request.weights, request.num_classes, request.labels, request.seed)
@@ -293,17 +305,13 @@ def export_tflite_request(request: ExportRequest) -> ExportOutcome:
                 compare_source=False,
             ),
         )
-        outcome.tflite = export_tflite(
-            loaded,
-            reference.path,
-            bundle,
-            quantize=request.quantize,
-            io=request.io,
-            calibration=source,
-            eval_set=reference.eval_set,
-            fp32_logits=reference.eval_logits,
-            int8=int8,
-        )
+        evaluated = {"eval_set": reference.eval_set, "fp32_logits": reference.eval_logits}
+        if request.quantize == "int8":
+            outcome.tflite = quantize(reference.path, source, preset, loaded=loaded, out_dir=bundle, **evaluated)
+        else:
+            outcome.tflite = export_tflite(
+                loaded, reference.path, bundle, request.quantize, request.io, source, int8=int8, **evaluated
+            )
         outcome.files = _publish_together(bundle, request.out)
     summarize_tflite(outcome.tflite.artifacts, time.perf_counter() - started, request.out)
     return outcome

@@ -41,6 +41,7 @@ class QuantizationConfig:
     # grid the concatenation keeps, instead of twice (their own grid, then the coarser concatenated one)
     shared_concat_ranges: bool = False
     recipe: str = "toolkit"  # the name in RECIPES these settings came from (recorded in the sidecar)
+    passes: tuple[str, ...] = ()  # that recipe's `quantize.passes`, in the order applied
 
     @classmethod
     def arm64(cls, **overrides) -> QuantizationConfig:
@@ -71,6 +72,7 @@ class QuantizationConfig:
         data["exclude"] = list(self.exclude)
         data["float_outputs"] = list(self.float_outputs)
         data["float_inputs"] = list(self.float_inputs)
+        data["passes"] = list(self.passes)
         data["weight_type"] = "int8"
         data["weight_symmetric"] = True
         data["bias_type"] = "int32"
@@ -80,37 +82,37 @@ class QuantizationConfig:
 
 # The float stem of the TFLite recipe: conv1's 0-4300 output range quantized in 17-unit steps right before LRN.
 FLOAT_STEM = ("conv1.conv", "conv1.relu", "pool1")
-# Named recipes (`--int8-recipe`), on top of any target preset; the same names as the TFLite recipes.
-RECIPES: dict[str, dict] = {
-    "toolkit": {},  # the default
-    "plain": {},  # ONNX Runtime's static quantization alone
-    # opt-in: GPTQ weight rounding, float stem, float average pool (int8 AveragePool keeps inception 5b's
-    # coarse scale), the classifier reading float features and writing float logits (int8 weights, like the
-    # TFLite recipe's hybrid classifier), each Concat's grid shared by its inputs (rounded once, as TFLite does)
-    "learned": {
-        "rounding": "gptq",
-        "exclude": (*FLOAT_STEM, "avgpool"),
-        "float_outputs": ("Gemm",),
-        "float_inputs": ("Gemm",),
-        "shared_concat_ranges": True,
-    },
-    # single steps, measured on their own (docs/int8-fidelity.md)
+# How ONNX carries out each pass of `quantize.passes` it supports: overrides of `QuantizationConfig`.
+ONNX_PASSES: dict[str, dict] = {
     "float-stem": {"exclude": FLOAT_STEM},
-    "float-pool": {"exclude": ("avgpool",)},
-    "float-logits": {"float_outputs": ("Gemm",)},
-    "stem+logits": {"exclude": FLOAT_STEM, "float_outputs": ("Gemm",)},
-    "concat": {"shared_concat_ranges": True},
+    # int8 AveragePool keeps inception 5b's coarse scale; float, the pooled features get their own grid
+    "pool-own-grid": {"exclude": ("avgpool",)},
+    "gptq-rounding": {"rounding": "gptq"},  # pre-rounded weights that ORT's round-to-nearest reproduces
+    "hybrid-classifier": {"float_inputs": ("Gemm",), "float_outputs": ("Gemm",)},
+    "shared-concat-grid": {"shared_concat_ranges": True},
+    "mse-ranges": {"calibration": "mse"},
+}
+# Named recipes (`--int8-recipe`, the names every int8 format defines), as ONNX passes on top of any target preset.
+RECIPES: dict[str, tuple[str, ...]] = {
+    "toolkit": (),  # the default: int8 everywhere but LRN (no int8 LRN kernel exists) and max pools after it
+    "plain": (),  # ONNX Runtime's static quantization alone
+    # opt-in; chosen on validation splits (docs/int8-fidelity.md); GPTQ removes the mean error bias correction
+    # would (so no bias-correction pass here)
+    "learned": ("gptq-rounding", "float-stem", "pool-own-grid", "hybrid-classifier", "shared-concat-grid"),
+    # single steps, measured on their own (docs/int8-fidelity.md)
+    "float-stem": ("float-stem",),
+    "float-pool": ("pool-own-grid",),
+    "hybrid-classifier": ("hybrid-classifier",),
+    "concat": ("shared-concat-grid",),
+    "mse": ("mse-ranges",),
 }
 
 
-def recipe_overrides(name: str, exclude: tuple[str, ...] = ()) -> dict:
-    """`preset()` overrides for recipe `name`, with the user's `--exclude` nodes added to the recipe's."""
+def recipe_passes(name: str) -> tuple[str, ...]:
     try:
-        chosen = RECIPES[name]
+        return RECIPES[name]
     except KeyError:
         raise ToolkitError(f"unknown --int8-recipe {name!r} (choose from {', '.join(RECIPES)})") from None
-    merged = tuple(dict.fromkeys((*chosen.get("exclude", ()), *exclude)))
-    return {**chosen, "exclude": merged, "recipe": name}
 
 
 PRESETS = {
@@ -147,5 +149,11 @@ def preset(target: str, **overrides) -> QuantizationConfig:
 
 
 def recipe(name: str, target: str = DEFAULT_TARGET, exclude: tuple[str, ...] = (), **overrides) -> QuantizationConfig:
-    """The ONNX Runtime settings of int8 recipe `name` on top of target preset `target`."""
-    return preset(target, **{**recipe_overrides(name, exclude), **overrides})
+    """The ONNX Runtime settings of int8 recipe `name` (its passes) on top of target preset `target`, with the
+    user's `--exclude` nodes added to the recipe's."""
+    from quantize.passes import apply_passes
+
+    passes = recipe_passes(name)
+    config = apply_passes(preset(target, **overrides), passes, ONNX_PASSES)
+    merged = tuple(dict.fromkeys((*config.exclude, *exclude)))
+    return replace(config, exclude=merged, recipe=name, passes=passes)

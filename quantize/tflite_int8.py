@@ -58,14 +58,8 @@ class TfliteInt8Config:
         data = asdict(self)
         data["passes"] = [
             name
-            for name, on in (
-                ("float-stem", self.float_stem),
-                ("bias-correction", self.bias_correction),  # after learned rounding: ~0, the kernels are on grid
-                ("mean-pool", self.global_mean),
-                (f"rounding:{self.rounding}", self.rounding != "nearest"),
-                ("hybrid-classifier", self.float_logits),
-            )
-            if on
+            for name, overrides in TFLITE_PASSES.items()
+            if all(getattr(self, k) == v for k, v in overrides.items())
         ]
         data["kept_float"] = [
             *(["pad", "conv1 (float16 weights)", "pool1"] if self.float_stem else []),
@@ -77,19 +71,31 @@ class TfliteInt8Config:
         return data
 
 
-RECIPES = {
-    "toolkit": TfliteInt8Config(),
-    "plain": TfliteInt8Config.plain(),
-    # opt-in: + GPTQ weight rounding (quantize.rounding) and the hybrid classifier (float logits)
-    "learned": TfliteInt8Config(rounding="gptq", float_logits=True),
-    "gptq": TfliteInt8Config(rounding="gptq"),  # single steps, measured on their own
-    "float-logits": TfliteInt8Config(float_logits=True),
+# How TFLite carries out each pass of `quantize.passes` it supports: overrides of `TfliteInt8Config`. (The
+# converter always gives a Concat's inputs the Concat's grid, so `shared-concat-grid` needs no switch.)
+TFLITE_PASSES: dict[str, dict] = {
+    "float-stem": {"float_stem": True},
+    "bias-correction": {"bias_correction": True},  # after learned rounding ~0: the kernels are on the grid
+    "pool-own-grid": {"global_mean": True},  # the 7x7 average pool as MEAN, whose int8 output gets its own range
+    "gptq-rounding": {"rounding": "gptq"},
+    "hybrid-classifier": {"float_logits": True},
+}
+_TOOLKIT = ("float-stem", "bias-correction", "pool-own-grid")
+# Named recipes (`--int8-recipe`), as passes on top of the converter's own post-training int8 (`plain`).
+RECIPES: dict[str, tuple[str, ...]] = {
+    "toolkit": _TOOLKIT,
+    "plain": (),
+    "learned": (*_TOOLKIT, "gptq-rounding", "hybrid-classifier"),  # opt-in
+    "gptq": (*_TOOLKIT, "gptq-rounding"),  # single steps, measured on their own
+    "float-logits": (*_TOOLKIT, "hybrid-classifier"),
 }
 
 
 def recipe(name: str) -> TfliteInt8Config:
+    from quantize.passes import apply_passes
+
     try:
-        return RECIPES[name]
+        return apply_passes(TfliteInt8Config.plain(), RECIPES[name], TFLITE_PASSES)
     except KeyError:
         raise ToolkitError(f"unknown --int8-recipe {name!r} (choose from {', '.join(RECIPES)})") from None
 

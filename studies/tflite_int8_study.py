@@ -23,13 +23,13 @@ import numpy as np
 from edge_runtime.hostinfo import host_facts
 from export.errors import EXIT_USAGE, ToolkitError
 from export.evaluation import accuracy, fidelity, load_eval_folder, round_floats
-from quantize.tflite_int8 import RECIPES, TfliteInt8Config
+from quantize.tflite_int8 import TfliteInt8Config, recipe
 
 CONFIGS = {  # the two recipes of --int8-recipe, and the steps between them
-    "plain": RECIPES["plain"],
+    "plain": recipe("plain"),
     "global-mean": replace(TfliteInt8Config.plain(), global_mean=True),
     "mean+stem": TfliteInt8Config(bias_correction=False),
-    "toolkit": RECIPES["toolkit"],
+    "toolkit": recipe("toolkit"),
 }
 
 

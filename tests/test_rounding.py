@@ -168,11 +168,11 @@ def test_real_model_onnx_int8_holds_the_learned_ints(bvlc_onnx_export, bvlc_load
     """The real network through `--int8-recipe learned`: every int8 weight ORT writes is the learned integer,
     conv1 (float stem) stays float, and the sidecar records the rounding."""
     from quantize import FolderSource, quantize_onnx
-    from quantize.presets import preset, recipe_overrides
+    from quantize.presets import recipe
     from quantize.rounding import RoundingSettings, quantized_layers, rounded_copy
 
     source = FolderSource(imagenet_sample_dir, bvlc_loaded.preprocess, size=12, seed=3)
-    config = preset("arm64", **recipe_overrides("learned"))
+    config = recipe("learned", "arm64")
     out = bvlc_onnx_export.path.parent / "learned" / "googlenet.int8.onnx"
     out.parent.mkdir(exist_ok=True)
     result = quantize_onnx(bvlc_onnx_export.path, source, config, out_path=out, reference=bvlc_loaded.model)
