@@ -101,7 +101,7 @@ def test_int8_drift_and_size(tflite_run) -> None:
     assert kernels["delegated_ops"] == kernels["total_ops"] and 0.9 < kernels["int8_mac_share"] < 1
     recipe = info["quantization"]
     assert (recipe["float_stem"], recipe["bias_correction"], recipe["global_mean"]) == (True, True, True)
-    assert recipe["passes"] == ["float-stem", "bias-correction", "mean-pool"] and recipe["rounding"] == "nearest"
+    assert recipe["passes"] == ["float-stem", "bias-correction", "pool-own-grid"] and recipe["rounding"] == "nearest"
     assert "conv1 (float16 weights)" in recipe["kept_float"]
 
 
