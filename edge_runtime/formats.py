@@ -44,7 +44,8 @@ def litert_interpreter_class():
 class OnnxSession:
     """An ONNX Runtime CPU session; `optimize=False` runs a QDQ model's int8 arithmetic emulated in float."""
 
-    def __init__(self, path: str | Path, threads: int = 0, optimize: bool = True) -> None:
+    def __init__(self, path: str | Path | bytes, threads: int = 0, optimize: bool = True) -> None:
+        """`path`: a model file, or a serialized model (an in-memory candidate, as accuracy control makes)."""
         ort = onnxruntime_module()
         options = ort.SessionOptions()
         options.log_severity_level = 3
@@ -53,7 +54,8 @@ class OnnxSession:
             options.inter_op_num_threads = 1
         if not optimize:
             options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        model = path if isinstance(path, bytes) else str(path)
+        self.session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
         self.input_name = self.session.get_inputs()[0].name
         outputs = [o.name for o in self.session.get_outputs()]
         self.output_name = "logits" if "logits" in outputs else outputs[0]

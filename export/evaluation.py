@@ -54,10 +54,14 @@ def load_eval_set(
     for path, tensor in progress(preprocess_paths(paths, preprocess, errors), description, total=len(paths)):
         kept.append(path)
         tensors.append(tensor)
-    truth = np.array([(label_for_image(p, root, labels) if root is not None else None) for p in kept], dtype=object)
-    truth = np.array([-1 if t is None else int(t) for t in truth], dtype=np.int64)
     inputs = np.stack(tensors) if tensors else np.zeros((0, *preprocess.input_shape), np.float32)
-    return EvalSet(kept, inputs, truth, errors)
+    return EvalSet(kept, inputs, labels_of(kept, root, labels), errors)
+
+
+def labels_of(paths: Sequence[Path], root: Path | None, labels: LabelSet | None) -> np.ndarray:
+    """Class index of each image (from its wnid file-name prefix or class sub-folder under `root`), -1 if unknown."""
+    found = [label_for_image(p, root, labels) if root is not None else None for p in paths]
+    return np.array([-1 if label is None else int(label) for label in found], dtype=np.int64)
 
 
 def load_eval_folder(
@@ -119,5 +123,6 @@ def measure_drift(runner: Runner, eval_set: EvalSet, fp32_logits: np.ndarray, de
     return result
 
 
-__all__ = ["EvalSet", "accuracy", "check_logits_match", "fidelity", "load_eval_folder", "load_eval_set", "predict"]
+__all__ = ["EvalSet", "accuracy", "check_logits_match", "fidelity", "labels_of", "load_eval_folder", "load_eval_set"]
+__all__ += ["predict"]
 __all__ += ["measure_drift", "round_floats", "softmax"]

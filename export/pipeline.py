@@ -262,17 +262,19 @@ def _quantize_onnx_int8(
 
 
 def _validation_set(source: CalibrationSource, loaded: LoadedModel):
-    """Accuracy control's photos: the calibration photos, labelled where their folder names them, never the
-    evaluation photos (which the export keeps apart from calibration)."""
+    """Accuracy control's photos: the calibration photos (already decoded by the source), labelled where their
+    folder names them, never the evaluation photos (which the export keeps apart from calibration)."""
     import numpy as np
 
-    from export.evaluation import EvalSet, load_eval_set
+    from export.evaluation import EvalSet, labels_of
 
-    chosen = getattr(source, "chosen", None)
-    if chosen is not None:
-        return load_eval_set(chosen, source.folder, loaded.preprocess, loaded.labels, "Loading validation photos")
     images = np.concatenate(list(source.batches()))
-    return EvalSet(paths=[], inputs=images, labels=np.full(len(images), -1, np.int64))
+    chosen = getattr(source, "chosen", None)
+    if chosen is None:
+        return EvalSet(paths=[], inputs=images, labels=np.full(len(images), -1, np.int64))
+    unreadable = {path for path, _ in source.unreadable}  # left out of the arrays, in order
+    paths = [path for path in chosen if path not in unreadable]
+    return EvalSet(paths=paths, inputs=images, labels=labels_of(paths, source.folder, loaded.labels))
 
 
 def export_tflite_request(request: ExportRequest) -> ExportOutcome:

@@ -53,8 +53,7 @@ def floatable_activations(model: onnx.ModelProto) -> list[str]:
     return sorted(name for name, q in quantizers.items() if dequantized.get(q.output[0]) not in outputs)
 
 
-def _clamps_negatives(model: onnx.ModelProto, quantize: onnx.NodeProto) -> bool:
-    constants = {tensor.name: tensor for tensor in model.graph.initializer}
+def _clamps_negatives(constants: dict[str, onnx.TensorProto], quantize: onnx.NodeProto) -> bool:
     if len(quantize.input) < 3 or quantize.input[2] not in constants:
         return False
     zero_point = numpy_helper.to_array(constants[quantize.input[2]])
@@ -72,10 +71,11 @@ def float_activations(model: onnx.ModelProto, tensors: Iterable[str]) -> list[st
     replaced: dict[str, str] = {}  # DequantizeLinear output -> the float tensor its readers take instead
     dropped: set[str] = set()
     added: list[onnx.NodeProto] = []
+    constants = {tensor.name: tensor for tensor in model.graph.initializer}
     for name in chosen:
         quantize = quantizers[name]
         source = name
-        if _clamps_negatives(model, quantize):
+        if _clamps_negatives(constants, quantize):
             source = f"{name}_float_relu"
             added.append(helper.make_node("Relu", [name], [source], name=f"{quantize.name}_float_relu"))
         dropped.add(quantize.name)
