@@ -25,6 +25,7 @@ from benchmarks.ceiling_models import ceiling_models_dir
 from benchmarks.report import validate_report
 from benchmarks.run import (
     EvalInputs,
+    calibration_photos,
     describe_artifact,
     discover,
     eval_paths,
@@ -95,7 +96,8 @@ def build_bundle(
     if reference is None:
         raise ToolkitError("the bundle needs the FP32 ONNX reference (googlenet.onnx) among or beside the models")
     ref_info = described.get(reference) or describe_artifact(reference)
-    inputs = EvalInputs(eval_paths(eval_dir, eval_size, seed), Path(eval_dir))
+    held_out = calibration_photos(models, eval_dir)
+    inputs = EvalInputs(eval_paths(eval_dir, eval_size, seed, held_out), Path(eval_dir))
     ref_set = inputs.for_preprocess(ref_info["preprocess"], ref_info["labels"])
     reference_outputs = predict(evaluation_runner(reference), ref_set.inputs, f"Reference outputs ({reference.name})")
     with staging_dir(out.parent) as stage:
@@ -153,7 +155,12 @@ def build_bundle(
             "reference": reference.name,
             "reference_outputs": "reference_outputs.npy",
             "labels": "labels.npy",
-            "settings": {"eval": str(eval_dir), "eval_images": len(ref_set.labels), "reference": reference.name},
+            "settings": {
+                "eval": str(eval_dir),
+                "eval_images": len(ref_set.labels),
+                "left_out_calibration_photos": len(held_out),
+                "reference": reference.name,
+            },
             "models": entries,
             "files": files,
         }

@@ -119,10 +119,28 @@ class EvalInputs:
         return self._cache[key]
 
 
-def eval_paths(eval_dir: Path, size: int | None, seed: int) -> list[Path]:
+def calibration_photos(artifacts: list[Path], eval_dir: Path) -> set[Path]:
+    """The photos of `eval_dir` that any of `artifacts` was calibrated on (their sidecars say which): an int8
+    model judged on its own calibration photos would look better than it is."""
+    from quantize.calibration import calibrated_on
+
+    photos: set[Path] = set()
+    for path in artifacts:
+        record = (read_sidecar(path) if sidecar_path(path).is_file() else {}).get("calibration") or {}
+        found = calibrated_on(record, eval_dir)
+        if found is None:
+            ui.step(f"warning: {eval_dir} changed since {path.name} was calibrated on it; its photos stay in")
+        photos |= found or set()
+    return photos
+
+
+def eval_paths(eval_dir: Path, size: int | None, seed: int, exclude: set[Path] = frozenset()) -> list[Path]:
+    """`size` photos of `eval_dir` (stratified, seeded), never one of `exclude` (calibration photos)."""
     from quantize.calibration import select_stratified
 
-    images = list_images(eval_dir).images
+    images = [p for p in list_images(eval_dir).images if p.resolve() not in exclude]
+    if exclude:
+        ui.step(f"leaving out the {len(exclude)} photos of {eval_dir} the int8 models were calibrated on")
     if not images:
         raise ToolkitError("no images to evaluate on", eval_dir)
     if size is not None and size < len(images):
@@ -159,7 +177,8 @@ def run(options: RunOptions) -> dict:
     device = facts["device"] or facts["hostname"]
     inputs = None
     if options.eval_dir is not None:
-        inputs = EvalInputs(eval_paths(options.eval_dir, options.eval_size, options.seed), Path(options.eval_dir))
+        held_out = calibration_photos(artifacts, options.eval_dir)
+        inputs = EvalInputs(eval_paths(options.eval_dir, options.eval_size, options.seed, held_out), options.eval_dir)
     reference_logits = None
     if inputs is not None and reference is not None:
         ref_info = described.get(reference) or describe_artifact(reference)

@@ -87,6 +87,22 @@ def select_stratified(paths: Sequence[Path], root: Path, size: int, seed: int) -
     return sorted(chosen)
 
 
+def folder_selection(images: Sequence[Path], folder: Path, size: int, seed: int) -> list[Path]:
+    """The photos a `FolderSource` of `size` and `seed` calibrates on, out of `folder`'s `images`."""
+    return list(images) if size >= len(images) else select_stratified(images, folder, size, seed)
+
+
+def calibrated_on(record: dict, folder: Path) -> set[Path] | None:
+    """The photos of `folder` an int8 model's sidecar `calibration` record says it was calibrated on: empty
+    when it calibrated elsewhere, None when the folder changed since (its file list no longer matches)."""
+    if record.get("kind") != "folder" or Path(record["path"]).resolve() != Path(folder).resolve():
+        return set()
+    images = list_images(Path(folder)).images
+    chosen = folder_selection(images, Path(folder), int(record["requested"]), int(record["seed"]))
+    names = (p.relative_to(folder).as_posix() for p in chosen)
+    return {p.resolve() for p in chosen} if _hash_names(names) == record.get("file_list_sha256") else None
+
+
 @dataclass
 class FolderSource:
     """Photos under a folder (recursive), a seeded stratified sample of `size` of them.
@@ -114,14 +130,11 @@ class FolderSource:
             what = f"{len(listing.skipped_non_images)} other files" if listing.skipped_non_images else "nothing"
             raise ToolkitError(f"calibration folder has no images (.jpg/.jpeg/.png/.bmp); found {what}", self.folder)
         self.skipped_non_images = listing.skipped_non_images
-        if self.size >= len(listing.images):
-            if self.size > len(listing.images):
-                self.notes.append(
-                    f"--calib-size {self.size} > {len(listing.images)} images in {self.folder}: using all of them"
-                )
-            self.chosen = list(listing.images)
-        else:
-            self.chosen = select_stratified(listing.images, self.folder, self.size, self.seed)
+        if self.size > len(listing.images):
+            self.notes.append(
+                f"--calib-size {self.size} > {len(listing.images)} images in {self.folder}: using all of them"
+            )
+        self.chosen = folder_selection(listing.images, self.folder, self.size, self.seed)
         chosen = set(self.chosen)
         self.unused = [p for p in listing.images if p not in chosen]
         self._cache: np.ndarray | None = None

@@ -540,3 +540,19 @@ def test_preset_to_dict_names_everything_the_report_needs() -> None:
         "QDQ",
     )
     assert data["calibration"] == "minmax" and data["why"]
+
+
+def test_evaluation_leaves_out_the_photos_a_sidecar_says_were_calibrated_on(imagenet_sample_dir, tmp_path) -> None:
+    """`benchmarks bundle/run --eval` on the calibration folder: draw 0's photos never score its own model."""
+    from benchmarks.run import eval_paths
+    from quantize.calibration import calibrated_on
+
+    source = FolderSource(imagenet_sample_dir, BVLC_PREPROCESS, size=12, seed=0)
+    record = source.describe()
+    chosen = {p.resolve() for p in source.chosen}
+    assert calibrated_on(record, imagenet_sample_dir) == chosen
+    assert calibrated_on(record, tmp_path) == set()  # calibrated elsewhere: nothing to leave out
+    picked = eval_paths(imagenet_sample_dir, 12, 0, exclude=chosen)
+    assert len(picked) == 12 and not chosen & {p.resolve() for p in picked}
+    assert chosen <= {p.resolve() for p in eval_paths(imagenet_sample_dir, 12, 0)}  # the same seed, before
+    assert calibrated_on({**record, "file_list_sha256": "0" * 64}, imagenet_sample_dir) is None  # folder changed
