@@ -15,6 +15,7 @@ from export.formats import OPTIONS, option_default
 from export.onnx_export import DEFAULT_OPSET, check_opset
 from export.pipeline import check_paths, export_model
 from export.preprocess import check_io
+from quantize.recipes import check_recipe
 
 
 def _common(args: argparse.Namespace) -> dict:
@@ -74,5 +75,6 @@ def run_tflite(args: argparse.Namespace) -> int:
         raise ToolkitError("--calib and --calib-size only apply with --quantize int8")
     if args.quantize != "int8" and args.int8_recipe != option_default("int8_recipe"):
         raise ToolkitError("--int8-recipe only applies with --quantize int8")
+    check_recipe("tflite", args.int8_recipe)
     export_model("tflite", **_common(args), io=args.io)
     return 0

@@ -14,7 +14,7 @@ from typing import Any
 from export import paths
 from export.preprocess import IO_TYPES
 from quantize.presets import CALIBRATION_METHODS, DEFAULT_CALIB_SIZE, DEFAULT_TARGET, HOST_TARGET, PRESETS
-from quantize.recipes import CLI_RECIPES, DEFAULT_RECIPE
+from quantize.recipes import DEFAULT_RECIPE, RECIPE_CHOICES
 
 
 def positive_int(text: str) -> int:
@@ -145,10 +145,11 @@ OPTIONS: dict[str, Option] = {
     "int8_recipe": Option(
         ("--int8-recipe",),
         {
-            "choices": CLI_RECIPES,
+            "choices": RECIPE_CHOICES,
             "default": DEFAULT_RECIPE,
             "help": "toolkit (default; TFLite: float stem, bias correction, MEAN pool); plain: the converter/ORT "
-            "alone; learned: + GPTQ weight rounding and float stem, slower (docs/quantization-studies.md)",
+            "alone; learned: + GPTQ weight rounding and float stem, slower (docs/quantization-studies.md); "
+            "learned-a16 (ONNX only): learned with int16 activations, for NPUs with A16W8 kernels",
         },
     ),
 }

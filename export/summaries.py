@@ -58,7 +58,9 @@ def summarize_onnx_int8(info: dict, timings: dict[str, float], target: str, cali
         share = kernels.get("int8_mac_share")
         ops = f"{kernels['int8_compute_ops']}/{kernels['compute_ops']} compute ops"
         rows.append(("int8 kernels on this host", f"{share:.0%} of MACs ({ops})" if share is not None else ops))
-        if mostly_float(kernels):
+        if info.get("quantization", {}).get("activation_type") == "int16":
+            ui.warn("int16 activations (A16W8): CPU kernels run this model in float; it is meant for A16W8 NPUs")
+        elif mostly_float(kernels):
             ui.warn(f"on this host only {share:.0%} of the int8 model's MACs run in int8 kernels (--target {target})")
     if calib.get("skipped_non_images"):
         rows.append(("skipped non-image files", str(calib["skipped_non_images"])))

@@ -34,6 +34,7 @@ def layer_errors(fp32_path: Path, int8_path: Path, inputs: np.ndarray, workdir: 
     tensors and run (without graph optimisation) on `inputs`.
     """
     import onnx
+    import onnxruntime as ort
     from onnxruntime.quantization.qdq_loss_debug import (
         collect_activations,
         create_activation_matching,
@@ -49,6 +50,7 @@ def layer_errors(fp32_path: Path, int8_path: Path, inputs: np.ndarray, workdir: 
     modify_model_output_intermediate_tensors(str(fp32_copy), str(float_aug))
     modify_model_output_intermediate_tensors(str(int8_copy), str(qdq_aug))
     input_name = onnx.load(str(fp32_path), load_external_data=False).graph.input[0].name
+    ort.set_default_logger_severity(3)  # its sessions take no options: their graph-cleanup warnings are noise
 
     def reader():
         return iter([{input_name: inputs[i : i + 1]} for i in range(len(inputs))])

@@ -200,6 +200,7 @@ def _quantize_static(pre: Path, out: Path, cache: Path, config: QuantizationConf
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 
     method, _ = _calibration_method(config)
+    types = {"int8": QuantType.QInt8, "uint8": QuantType.QUInt8, "int16": QuantType.QInt16}
     with _quiet_quantizer():
         quantize_static(
             str(pre),
@@ -208,7 +209,7 @@ def _quantize_static(pre: Path, out: Path, cache: Path, config: QuantizationConf
             quant_format=QuantFormat.QDQ,
             per_channel=config.per_channel,
             reduce_range=config.reduce_range,
-            activation_type=QuantType.QInt8 if config.activation_type == "int8" else QuantType.QUInt8,
+            activation_type=types[config.activation_type],
             weight_type=QuantType.QInt8,
             nodes_to_exclude=[*config.exclude, *float_nodes] or None,
             calibrate_method=method,

@@ -30,6 +30,10 @@ PASSES: dict[str, Pass] = {
         Pass("gptq-rounding", "weights rounded by GPTQ on the calibration images (quantize.rounding), on both grids"),
         Pass("hybrid-classifier", "the classifier reads float features and writes float logits; its weights int8"),
         Pass("shared-concat-grid", "each Concat's inputs quantized on the Concat's grid: rounded once, not twice"),
+        Pass(
+            "int16-activations",
+            "activations on int16 grids, weights int8 (A16W8: NPU kernels such as Qualcomm HTP's; CPUs run float)",
+        ),
         Pass("mse-ranges", "activation ranges of least int8 error instead of min-max (quantize.ranges)"),
     )
 }

@@ -21,7 +21,7 @@ class QuantizationConfig:
     int8 with int32 bias; activations and `reduce_range` are what differs between targets."""
 
     target: str
-    activation_type: Literal["int8", "uint8"]
+    activation_type: Literal["int8", "uint8", "int16"]
     activation_symmetric: bool
     reduce_range: bool
     per_channel: bool = True
@@ -91,14 +91,18 @@ ONNX_PASSES: dict[str, dict] = {
     "hybrid-classifier": {"float_inputs": ("Gemm",), "float_outputs": ("Gemm",)},
     "shared-concat-grid": {"shared_concat_ranges": True},
     "mse-ranges": {"calibration": "mse"},
+    "int16-activations": {"activation_type": "int16", "activation_symmetric": False},
 }
+_LEARNED = ("gptq-rounding", "float-stem", "pool-own-grid", "hybrid-classifier", "shared-concat-grid")
 # Named recipes (`--int8-recipe`, the names every int8 format defines), as ONNX passes on top of any target preset.
 RECIPES: dict[str, tuple[str, ...]] = {
     "toolkit": (),  # the default: int8 everywhere but LRN (no int8 LRN kernel exists) and max pools after it
     "plain": (),  # ONNX Runtime's static quantization alone
     # opt-in; chosen on validation splits (docs/int8-fidelity.md); GPTQ removes the mean error bias correction
     # would (so no bias-correction pass here)
-    "learned": ("gptq-rounding", "float-stem", "pool-own-grid", "hybrid-classifier", "shared-concat-grid"),
+    "learned": _LEARNED,
+    # opt-in, ONNX only: `learned` with int16 activations (A16W8), for accelerators with such kernels
+    "learned-a16": (*_LEARNED, "int16-activations"),
     # single steps, measured on their own (docs/int8-fidelity.md)
     "float-stem": ("float-stem",),
     "float-pool": ("pool-own-grid",),

@@ -10,4 +10,20 @@ tables' other names are single steps, for `benchmarks.int8_fidelity`.
 from __future__ import annotations
 
 CLI_RECIPES = ("toolkit", "plain", "learned")  # defined by every int8 format
+# defined by one format only; any other refuses them in one line before any work
+FORMAT_RECIPES: dict[str, tuple[str, ...]] = {"onnx": ("learned-a16",)}
+RECIPE_CHOICES = (*CLI_RECIPES, *(name for names in FORMAT_RECIPES.values() for name in names))
+
+
+def check_recipe(format_name: str, name: str) -> None:
+    """Refuse a recipe `format_name` does not define, naming the ones it does (a ToolkitError: exit 2)."""
+    offered = (*CLI_RECIPES, *FORMAT_RECIPES.get(format_name, ()))
+    if name not in offered:
+        from export.errors import ToolkitError
+
+        owners = [fmt for fmt, names in FORMAT_RECIPES.items() if name in names]
+        only = f" is {', '.join(owners)}-only" if owners else " is unknown"
+        raise ToolkitError(f"--int8-recipe {name}{only}; {format_name} offers {', '.join(offered)}")
+
+
 DEFAULT_RECIPE = "toolkit"

@@ -14,7 +14,7 @@ from quantize.api import Int8Preset, quantize
 from quantize.passes import PASSES, apply_passes
 from quantize.presets import FLOAT_STEM, ONNX_PASSES, QuantizationConfig
 from quantize.presets import RECIPES as ONNX_RECIPES
-from quantize.recipes import CLI_RECIPES
+from quantize.recipes import CLI_RECIPES, FORMAT_RECIPES, check_recipe
 from quantize.tflite_int8 import RECIPES as TFLITE_RECIPES
 from quantize.tflite_int8 import TFLITE_PASSES, TfliteInt8Config
 
@@ -25,6 +25,16 @@ def test_every_cli_recipe_exists_in_every_int8_format() -> None:
     for name in INT8_FORMATS:
         for recipe in CLI_RECIPES:
             assert Int8Preset(name, recipe).settings() is not None, (name, recipe)
+
+
+def test_format_only_recipes_exist_there_and_are_refused_elsewhere() -> None:
+    for owner, names in FORMAT_RECIPES.items():
+        for recipe in names:
+            assert Int8Preset(owner, recipe).settings() is not None
+            check_recipe(owner, recipe)
+            for other in set(INT8_FORMATS) - {owner}:
+                with pytest.raises(ToolkitError, match=f"--int8-recipe {recipe} is {owner}-only; {other} offers"):
+                    check_recipe(other, recipe)
 
 
 def test_backends_only_implement_named_passes() -> None:
@@ -72,14 +82,9 @@ def test_unknown_names_are_one_line_errors() -> None:
         Int8Preset("coreml").settings()
 
 
-def test_quantize_runs_the_onnx_backend_on_a_real_graph(tmp_path: Path) -> None:
-    """The entry point dispatches through the format table to ONNX Runtime's real quantizer: the file it
-    writes holds int8 weights and its sidecar records the recipe's passes."""
+def _tiny_graph(path: Path, rng: np.random.Generator, opset: int = 17) -> Path:
     from onnx import TensorProto, helper, numpy_helper
 
-    from quantize.calibration import ArraySource
-
-    rng = np.random.default_rng(0)
     weight = numpy_helper.from_array(rng.normal(size=(4, 3, 3, 3)).astype(np.float32), "w")
     graph = helper.make_graph(
         [
@@ -93,10 +98,52 @@ def test_quantize_runs_the_onnx_backend_on_a_real_graph(tmp_path: Path) -> None:
         [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 4])],
         [weight],
     )
-    fp32 = tmp_path / "tiny.onnx"
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), str(fp32))
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=10), str(path))
+    return path
+
+
+def test_quantize_runs_the_onnx_backend_on_a_real_graph(tmp_path: Path) -> None:
+    """The entry point dispatches through the format table to ONNX Runtime's real quantizer: the file it
+    writes holds int8 weights and its sidecar records the recipe's passes."""
+    from onnx import TensorProto
+
+    from quantize.calibration import ArraySource
+
+    rng = np.random.default_rng(0)
+    fp32 = _tiny_graph(tmp_path / "tiny.onnx", rng)
     images = rng.normal(size=(8, 3, 8, 8)).astype(np.float32)
     result = quantize(fp32, ArraySource(images, origin="test"), Int8Preset("onnx", "plain"))
     model = onnx.load(str(result.path))
     assert any(t.data_type == TensorProto.INT8 for t in model.graph.initializer)
     assert result.info["quantization"]["recipe"] == "plain" and result.info["quantization"]["passes"] == []
+
+
+def test_int16_activations_keep_int8_weights_and_a_finer_grid(tmp_path: Path) -> None:
+    """The `int16-activations` pass (A16W8): activations on int16 grids, weights still int8, and the output
+    follows float more closely than with int8 activations, on inputs it was not calibrated on."""
+    from onnx import TensorProto, numpy_helper
+
+    from edge_runtime.sessions import throughput_runner
+    from quantize.calibration import ArraySource
+    from quantize.onnx_int8 import quantize_onnx
+
+    rng = np.random.default_rng(1)
+    fp32 = _tiny_graph(tmp_path / "tiny.onnx", rng, opset=21)
+    images, unseen = rng.normal(size=(8, 3, 8, 8)).astype(np.float32), rng.normal(size=(4, 3, 8, 8)).astype(np.float32)
+    errors, steps = {}, {}
+    for passes in ((), ("int16-activations",)):
+        config = apply_passes(QuantizationConfig.arm64(), passes, ONNX_PASSES)
+        out = tmp_path / f"tiny.{len(passes)}.onnx"
+        quantize_onnx(fp32, ArraySource(images, origin="test"), config, out_path=out)
+        model = onnx.load(str(out))
+        zero_points = {
+            numpy_helper.to_array(t).dtype.name for t in model.graph.initializer if t.name.endswith("zero_point")
+        }
+        weights = [t for t in model.graph.initializer if t.name == "w_quantized"]
+        assert weights and weights[0].data_type == TensorProto.INT8
+        assert ("int16" in zero_points) == bool(passes), zero_points
+        steps[passes] = float(numpy_helper.to_array(next(t for t in model.graph.initializer if t.name == "x_scale")))
+        float_out = throughput_runner(fp32)(unseen)
+        errors[passes] = float(np.abs(throughput_runner(out, optimize=False)(unseen) - float_out).max())
+    assert steps[()] / steps[("int16-activations",)] == pytest.approx(65535 / 255, rel=1e-3)  # same range
+    assert errors[("int16-activations",)] < errors[()] / 2, errors  # what is left is the int8 weights' error
