@@ -147,3 +147,43 @@ def test_int16_activations_keep_int8_weights_and_a_finer_grid(tmp_path: Path) ->
         errors[passes] = float(np.abs(throughput_runner(out, optimize=False)(unseen) - float_out).max())
     assert steps[()] / steps[("int16-activations",)] == pytest.approx(65535 / 255, rel=1e-3)  # same range
     assert errors[("int16-activations",)] < errors[()] / 2, errors  # what is left is the int8 weights' error
+
+
+@pytest.mark.slow
+def test_learned_a16_on_the_real_network(bvlc_onnx_export, bvlc_loaded, imagenet_sample_dir) -> None:
+    """`--int8-recipe learned-a16` on the real network and photos: the same int8 weights as `learned` (one
+    GPTQ fit), int16 activation grids on the same ranges, and so a small fraction of the activation error of
+    `learned` (each judged against the same int8 weights with float activations). Judged on the calibration
+    photos: on others, 12 photos' ranges clip, and clipping is the same on both grids."""
+    from onnx import numpy_helper
+
+    from edge_runtime.sessions import throughput_runner
+    from export.evaluation import predict
+    from quantize.calibration import FolderSource
+    from quantize.onnx_float import float_activations, floatable_activations
+
+    source = FolderSource(imagenet_sample_dir, bvlc_loaded.preprocess, size=12, seed=3)
+    photos = source.arrays()
+    stored, logits = {}, {}
+    for name in ("learned", "learned-a16"):
+        out = bvlc_onnx_export.path.parent / name / "googlenet.int8.onnx"
+        result = quantize(
+            bvlc_onnx_export.path, source, Int8Preset("onnx", name), out_path=out, reference=bvlc_loaded.model
+        )
+        model = onnx.load(str(out))
+        stored[name] = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+        logits[name] = predict(throughput_runner(out, optimize=False), photos, name)
+        assert result.info["quantization"]["passes"] == list(ONNX_RECIPES[name])
+        if name == "learned":  # the same int8 weights, every activation float: the weights' share of the error
+            float_activations(model, floatable_activations(model))
+            weights_only = out.with_name("weights-only.onnx")
+            onnx.save(model, str(weights_only))
+            logits["weights"] = predict(throughput_runner(weights_only, optimize=False), photos, "weights only")
+    weights = [k for k, v in stored["learned"].items() if v.dtype == np.int8 and v.ndim > 1]
+    assert len(weights) == 57  # every conv but conv1, and the classifier
+    for key in weights:
+        np.testing.assert_array_equal(stored["learned-a16"][key], stored["learned"][key], err_msg=key)
+    activations = {v.dtype.name for k, v in stored["learned-a16"].items() if k.endswith("zero_point") and v.ndim == 0}
+    assert activations == {"int16"}, activations
+    error = {name: float(np.sqrt(np.mean((logits[name] - logits["weights"]) ** 2))) for name in stored}
+    assert error["learned-a16"] < 0.1 * error["learned"], error
