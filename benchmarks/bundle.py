@@ -96,7 +96,7 @@ def build_bundle(
     if reference is None:
         raise ToolkitError("the bundle needs the FP32 ONNX reference (googlenet.onnx) among or beside the models")
     ref_info = described.get(reference) or describe_artifact(reference)
-    held_out = calibration_photos(models, eval_dir)
+    held_out = calibration_photos(described, eval_dir)
     inputs = EvalInputs(eval_paths(eval_dir, eval_size, seed, held_out), Path(eval_dir))
     ref_set = inputs.for_preprocess(ref_info["preprocess"], ref_info["labels"])
     reference_outputs = predict(evaluation_runner(reference), ref_set.inputs, f"Reference outputs ({reference.name})")

@@ -64,7 +64,8 @@ def discover(paths: list[Path]) -> list[Path]:
 
 
 def describe_artifact(path: Path) -> dict:
-    """Format, precision, preprocessing and labels: from the sidecar, else the metadata inside the file."""
+    """Format, precision, preprocessing, labels and calibration record: from the sidecar, else the metadata
+    inside the file."""
     row = formats.format_of(path)
     info = read_sidecar(path) if sidecar_path(path).is_file() else {}
     if not info:
@@ -73,7 +74,13 @@ def describe_artifact(path: Path) -> dict:
         raise ToolkitError("no preprocessing recorded (no sidecar JSON, no metadata): re-export it", path)
     _check_parent(path, info)
     precision = info.get("precision") or guess_precision(path.name)
-    return {"format": row.name, "precision": precision, "preprocess": info["preprocess"], "labels": info.get("labels")}
+    return {
+        "format": row.name,
+        "precision": precision,
+        "preprocess": info["preprocess"],
+        "labels": info.get("labels"),
+        "calibration": info.get("calibration") or {},
+    }
 
 
 def _check_parent(path: Path, info: dict) -> None:
@@ -119,15 +126,14 @@ class EvalInputs:
         return self._cache[key]
 
 
-def calibration_photos(artifacts: list[Path], eval_dir: Path) -> set[Path]:
-    """The photos of `eval_dir` that any of `artifacts` was calibrated on (their sidecars say which): an int8
-    model judged on its own calibration photos would look better than it is."""
+def calibration_photos(described: dict[Path, dict], eval_dir: Path) -> set[Path]:
+    """The photos of `eval_dir` that any of the `described` artifacts (`describe_artifact`) was calibrated on:
+    an int8 model judged on its own calibration photos would look better than it is."""
     from quantize.calibration import calibrated_on
 
     photos: set[Path] = set()
-    for path in artifacts:
-        record = (read_sidecar(path) if sidecar_path(path).is_file() else {}).get("calibration") or {}
-        found = calibrated_on(record, eval_dir)
+    for path, info in described.items():
+        found = calibrated_on(info["calibration"], eval_dir)
         if found is None:
             ui.step(f"warning: {eval_dir} changed since {path.name} was calibrated on it; its photos stay in")
         photos |= found or set()
@@ -177,7 +183,7 @@ def run(options: RunOptions) -> dict:
     device = facts["device"] or facts["hostname"]
     inputs = None
     if options.eval_dir is not None:
-        held_out = calibration_photos(artifacts, options.eval_dir)
+        held_out = calibration_photos(described, options.eval_dir)
         inputs = EvalInputs(eval_paths(options.eval_dir, options.eval_size, options.seed, held_out), options.eval_dir)
     reference_logits = None
     if inputs is not None and reference is not None:
