@@ -44,6 +44,25 @@ def tensors_read_by(model: onnx.ModelProto, op_types: Iterable[str]) -> list[str
     return list(dict.fromkeys(found))
 
 
+def tensors_around(model: onnx.ModelProto, node_names: Iterable[str]) -> list[str]:
+    """The quantized activations that the nodes `node_names` read (through their DequantizeLinear) or write."""
+    quantizers = activation_quantizers(model)
+    by_output = {node.output[0]: node for node in model.graph.node}
+    wanted = set(node_names)
+    found = []
+    for node in model.graph.node:
+        if node.name not in wanted:
+            continue
+        for name in node.input:
+            dequantize = by_output.get(name)
+            if dequantize is not None and dequantize.op_type == "DequantizeLinear":
+                quantize = by_output.get(dequantize.input[0])
+                if quantize is not None and quantize.op_type == "QuantizeLinear" and quantize.input[0] in quantizers:
+                    found.append(quantize.input[0])
+        found.extend(name for name in node.output if name in quantizers)
+    return list(dict.fromkeys(found))
+
+
 def floatable_activations(model: onnx.ModelProto) -> list[str]:
     """The quantized activations `float_activations` can keep float: not those whose dequantized form is a
     graph output (int8 logits: keep the producer float with `float_outputs` instead)."""

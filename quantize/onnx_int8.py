@@ -36,7 +36,7 @@ from export.ui import progress, step
 from quantize.accuracy_control import control_accuracy
 from quantize.calibration import CalibrationSource, OrtCalibrationReader
 from quantize.drift import layer_errors
-from quantize.onnx_float import float_activations, tensors_read_by
+from quantize.onnx_float import float_activations, tensors_around, tensors_read_by
 from quantize.onnx_pools import keep_max_pools_float
 from quantize.presets import QuantizationConfig
 from quantize.ranges import set_mse_ranges
@@ -318,7 +318,13 @@ def quantize_onnx(
         _quantize_static(pre, staged, cache, config, lrn_nodes)
         quantized = onnx.load(str(staged))
         float_pools = keep_max_pools_float(quantized)
-        float_inputs = float_activations(quantized, tensors_read_by(quantized, config.float_inputs))
+        float_inputs = float_activations(
+            quantized,
+            [
+                *tensors_around(quantized, config.float_activation_nodes),
+                *tensors_read_by(quantized, config.float_inputs),
+            ],
+        )
         compact_lrn_bands(quantized)  # quant_pre_process folded them into C x C floats: +164 KB
         share_lrn_inputs(quantized)
         control = None

@@ -24,6 +24,10 @@ PASSES: dict[str, Pass] = {
     for p in (
         Pass("float-stem", "conv1 (0-4300 output range, 17-unit int8 steps before LRN), its ReLU and pool1 stay float"),
         Pass(
+            "float-stem-activations",
+            "conv1's input and output and pool1's stay float, conv1's weights int8 (the file does not grow)",
+        ),
+        Pass(
             "bias-correction", "each layer's bias absorbs the mean error its int8 weights cause on calibration inputs"
         ),
         Pass("pool-own-grid", "the 7x7 average pool's output gets its own int8 range instead of inception 5b's"),

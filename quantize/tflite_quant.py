@@ -31,14 +31,21 @@ from export.tflite_export import (
 from export.ui import step
 from export.weights import LoadedModel
 from quantize.calibration import CalibrationSource
+from quantize.recipes import DEFAULT_RECIPE
 from quantize.tflite_int8 import TfliteInt8Config, bias_shifts
 from quantize.tflite_int8 import quantize as quantize_int8
+from quantize.tflite_int8 import recipe as tflite_recipe
 
 
 def calibration_arrays(source: CalibrationSource) -> np.ndarray:
     """Every calibration image as one NHWC array: the converter, the bias correction and learned rounding
     each read them again."""
     return np.concatenate(list(source.batches()))
+
+
+def default_int8() -> TfliteInt8Config:
+    """The settings of the default `--int8-recipe`, for callers that give none."""
+    return tflite_recipe(DEFAULT_RECIPE)
 
 
 def _concrete_function(loaded: LoadedModel, io: str, calibration: np.ndarray | None, config: TfliteInt8Config):
@@ -86,7 +93,7 @@ def convert(
     if quantize == "int8" and (calibration is None or not len(calibration)):
         raise ToolkitError("int8 TFLite needs calibration images")
     check_io(io, quantize)
-    int8 = int8 or TfliteInt8Config()
+    int8 = int8 or default_int8()
     function, module = _concrete_function(loaded, io, calibration if quantize == "int8" else None, int8)
     converter = tf.lite.TFLiteConverter.from_concrete_functions([function], module)
     if quantize == "fp16":
@@ -118,7 +125,7 @@ def export_tflite(
     """
     check_io(io, quantize)
     require_tensorflow()
-    int8 = int8 or TfliteInt8Config()
+    int8 = int8 or default_int8()
     result = TfliteExportResult()
     with staging_dir(out_dir) as stage:
         fp32, result.timings["fp32"] = export_tflite_fp32(

@@ -17,7 +17,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from quantize.accuracy_control import AccuracyBudget, float_macs, judge, keep_float_until
-from quantize.onnx_float import activation_quantizers, float_activations, tensors_read_by
+from quantize.onnx_float import activation_quantizers, float_activations, tensors_around, tensors_read_by
 from quantize.ranges import BINS, LEVELS, SCALES, histograms, mse_range, mse_ranges
 
 IMAGE = (1, 3, 8, 8)
@@ -325,6 +325,28 @@ def test_float_activations_keeps_weights_int8_and_size(models: dict[str, onnx.Mo
     after = {t.name: t.data_type for t in floated.graph.initializer}
     assert after == before
     assert floated.ByteSize() <= int8.ByteSize() + 300
+
+
+def test_a_float_stem_keeps_conv1_s_activations_float_and_its_weights_int8(
+    models: dict[str, onnx.ModelProto],
+) -> None:
+    """The `float-stem-activations` pass: the tensors conv1 reads and writes (the image, its Relu'd output)
+    lose their rounding, so conv1 computes on the float image with its int8 weights, and nothing else moves."""
+    int8 = models["int8"]
+    assert tensors_around(int8, ["conv1"]) == ["x", "r1"]
+    assert tensors_around(int8, ["fc"]) == ["f"]  # the logits are not quantized here (float_outputs empty)
+    assert tensors_around(int8, ["no-such-node"]) == []
+    stem = _floated(int8, tensors_around(int8, ["conv1"]))
+    assert sorted(activation_quantizers(stem)) == ["f", "g", "r2"]
+    assert _int8_weight_dequantizers(stem) == 3
+    images = _images(4, seed=13)
+    (logits, r1) = _run(stem, images, ("r1",))
+    conv1 = next(node for node in stem.graph.node if node.name == "conv1")
+    assert conv1.input[0] == "x"  # the float image itself
+    (_, int8_r1) = _run(int8, images, ("r1",))
+    assert np.abs(r1 - int8_r1).max() > 1e-3  # conv1 no longer reads a rounded image
+    reference = _run(models["fp32"], images)[0]
+    assert np.abs(logits - reference).mean() < np.abs(_run(int8, images)[0] - reference).mean()
 
 
 def test_tensors_read_by_names_the_quantized_inputs(models: dict[str, onnx.ModelProto]) -> None:

@@ -37,6 +37,9 @@ EXPORT_STARTED = "exporting to ONNX"
 # ranges come from the host's float kernels (their summation order): a near-tie photo or two moves per CPU.
 MAX_EMULATED_TOP1_DROP_PP = 0.5
 MIN_EMULATED_AGREEMENT = 0.975
+# The default recipe's logit error: KL 0.0011 measured (AVX2 EPYC); the recipe before its float stem, float
+# classifier input and shared Concat grids measured 0.0045, which this bound refuses.
+MAX_EMULATED_KL = 0.002
 MAX_SIZE_RATIO = 0.26
 
 
@@ -194,12 +197,13 @@ def test_acceptance_emulated_int8_is_within_half_a_point_of_fp32(accepted: CliRu
     numbers = (
         f"FP32 top-1 {drift['fp32']['accuracy']['top1']:.4f}; "
         f"emulated top-1 {emulated['accuracy']['top1']:.4f} (drop {emulated['top1_drop_pp']:+.2f} pp, "
-        f"agreement {emulated['fidelity']['top1_agreement']:.4f}); "
+        f"agreement {emulated['fidelity']['top1_agreement']:.4f}, KL {emulated['fidelity']['kl_mean']:.5f}); "
         f"host top-1 {host['accuracy']['top1']:.4f} (drop {host['top1_drop_pp']:+.2f} pp, "
         f"agreement {host['fidelity']['top1_agreement']:.4f})"
     )
     assert emulated["top1_drop_pp"] <= MAX_EMULATED_TOP1_DROP_PP, numbers
     assert emulated["fidelity"]["top1_agreement"] >= MIN_EMULATED_AGREEMENT, numbers
+    assert emulated["fidelity"]["kl_mean"] <= MAX_EMULATED_KL, numbers
 
 
 @pytest.mark.slow

@@ -95,14 +95,19 @@ def test_int8_drift_and_size(tflite_run) -> None:
     # 26.1%: int8 weights, the float stem's fp16 conv1 and the lowered LRNs' fp16 band weights (82 KB)
     assert info["size_ratio"] <= 0.265
     assert info["calibration"]["images"] == 100
-    # what LiteRT runs here, as the ONNX int8 sidecar says it: conv1 float by the recipe, XNNPACK takes every op
+    # what LiteRT runs here, as the ONNX int8 sidecar says it: by the recipe conv1 is float and the classifier
+    # hybrid (int8 weights, float features and logits); XNNPACK takes every op
     kernels = info["kernels"]
-    assert (kernels["runtime"], kernels["int8_compute_ops"], kernels["compute_ops"]) == ("litert", 57, 58)
+    assert (kernels["runtime"], kernels["int8_compute_ops"], kernels["compute_ops"]) == ("litert", 56, 58)
     assert kernels["delegated_ops"] == kernels["total_ops"] and 0.9 < kernels["int8_mac_share"] < 1
     recipe = info["quantization"]
-    assert (recipe["float_stem"], recipe["bias_correction"], recipe["global_mean"]) == (True, True, True)
-    assert recipe["passes"] == ["float-stem", "bias-correction", "pool-own-grid"] and recipe["rounding"] == "nearest"
+    assert (recipe["float_stem"], recipe["bias_correction"], recipe["global_mean"], recipe["float_logits"]) == (
+        True, True, True, True,
+    )  # fmt: skip
+    assert recipe["passes"] == ["float-stem", "bias-correction", "pool-own-grid", "hybrid-classifier"]
+    assert recipe["rounding"] == "nearest"
     assert "conv1 (float16 weights)" in recipe["kept_float"]
+    assert "fc output (hybrid: int8 weights, float logits)" in recipe["kept_float"]
 
 
 def test_metadata_travels_inside_the_tflite_files(tflite_run) -> None:
@@ -125,7 +130,7 @@ def test_metadata_travels_inside_the_tflite_files(tflite_run) -> None:
     assert int8["accuracy"]["top1"] > 0.7 and int8["quantization"]["float_stem"] is True
 
 
-def test_int8_keeps_only_the_stem_and_lrn_in_float(tflite_run) -> None:
+def test_int8_keeps_only_the_stem_lrn_and_classifier_in_float(tflite_run) -> None:
     out, _ = tflite_run
     ops = tflite_op_histogram(out / "googlenet.int8.tflite")
     float_compute = {op: n for op, n in ops.items() if op.endswith("[FLOAT32]")}
@@ -133,10 +138,13 @@ def test_int8_keeps_only_the_stem_and_lrn_in_float(tflite_run) -> None:
     stem = {"PAD[FLOAT32]": 1, "MAX_POOL_2D[FLOAT32]": 1}
     assert {op: float_compute.pop(op, 0) for op in stem} == stem
     assert float_compute.pop("CONV_2D[FLOAT32]") == 1 + 2
+    # the hybrid classifier: the pool and the FC read float features (its weights stay int8: test_tflite_int8.py)
+    classifier = {"MEAN[FLOAT32]": 1, "FULLY_CONNECTED[FLOAT32]": 1}
+    assert {op: float_compute.pop(op, 0) for op in classifier} == classifier
     assert set(float_compute) <= {f"{op}[FLOAT32]" for op in ("MUL", "ADD", "SQRT", "RSQRT", "DIV")}, float_compute
-    assert ops["CONV_2D[INT8]"] == 56 and ops["FULLY_CONNECTED[INT8]"] == 1
+    assert ops["CONV_2D[INT8]"] == 56 and "FULLY_CONNECTED[INT8]" not in ops and "MEAN[INT8]" not in ops
     assert ops["DEQUANTIZE[FLOAT16->FLOAT32]"] == 3  # conv1's and the two LRN bands' kernels, stored as float16
-    assert ops["MEAN[INT8]"] == 1 and not any(op.startswith("AVERAGE_POOL_2D") for op in ops)
+    assert not any(op.startswith("AVERAGE_POOL_2D") for op in ops)
     assert json.loads((out / "googlenet.int8.tflite.json").read_text())["ops"] == ops
 
 
