@@ -147,10 +147,10 @@ OPTIONS: dict[str, Option] = {
         {
             "choices": RECIPE_CHOICES,
             "default": DEFAULT_RECIPE,
-            "help": "toolkit (default: float stem, the pool on its own grid; TFLite: + bias correction; ONNX: + "
-            "float classifier input, shared Concat grids); plain: the converter/ORT alone; learned: + GPTQ weight "
-            "rounding, slower (docs/int8-fidelity.md); learned-a16 (ONNX only): learned with int16 activations, "
-            "for NPUs with A16W8 kernels",
+            "help": "toolkit (default: float stem, the pool on its own grid, the classifier on float features; "
+            "TFLite: + bias correction; ONNX: + shared Concat grids); plain: the converter/ORT alone; learned: + "
+            "GPTQ weight rounding, slower (docs/int8-fidelity.md); learned-a16 (ONNX only): learned with int16 "
+            "activations, for NPUs with A16W8 kernels",
         },
     ),
 }

@@ -25,6 +25,7 @@ from export import paths
 from export.images import load_image
 from export.preprocess import BVLC_PREPROCESS
 from quantize import FolderSource
+from quantize.presets import RECIPES as ONNX_RECIPES
 
 PROJECT_ROOT = paths.PROJECT_ROOT
 ALL_FILES = ["googlenet.int8.onnx", "googlenet.int8.onnx.json", "googlenet.onnx", "googlenet.onnx.json"]
@@ -214,6 +215,17 @@ def test_acceptance_int8_metadata(accepted: CliRun, imagenet_sample_dir: Path) -
     assert meta["labels"] == fp32_meta["labels"]
     quantization = json.loads(meta["quantization"])
     assert quantization["target"] == "arm64" and quantization["calibration"] == "minmax"
+    # the default recipe, as its passes and what they left float: the stem's activations (the image, conv1's
+    # output, pool1's) and the classifier's input; conv1's weights int8 like every other layer's
+    assert quantization["recipe"] == "toolkit" and quantization["passes"] == list(ONNX_RECIPES["toolkit"])
+    assert quantization["float_ops"]["activations"] == ["input", "conv1.relu", "pool1", "view"]
+    assert quantization["exclude"] == ["avgpool"]
+    model = onnx.load(str(accepted.out / "googlenet.int8.onnx"))
+    int8 = {t.name for t in model.graph.initializer if t.data_type == onnx.TensorProto.INT8}
+    conv1 = next(node for node in model.graph.node if node.name == "conv1.conv")
+    weight = next(node for node in model.graph.node if node.output[0] == conv1.input[1])
+    assert weight.op_type == "DequantizeLinear" and weight.input[0] in int8
+    assert conv1.input[0] == "input"  # the float image, no QuantizeLinear in between
     calibration = json.loads(meta["calibration"])
     assert calibration["images"] == 100
     expected = FolderSource(imagenet_sample_dir, BVLC_PREPROCESS, size=100, seed=0).describe()
