@@ -25,22 +25,28 @@ def activation_quantizers(model: onnx.ModelProto) -> dict[str, onnx.NodeProto]:
     }
 
 
+def _activations_read(
+    node: onnx.NodeProto, by_output: dict[str, onnx.NodeProto], quantizers: dict[str, onnx.NodeProto]
+) -> list[str]:
+    """The quantized activations `node` reads, through DequantizeLinear back to their QuantizeLinear."""
+    found = []
+    for name in node.input:
+        dequantize = by_output.get(name)
+        if dequantize is None or dequantize.op_type != "DequantizeLinear":
+            continue
+        quantize = by_output.get(dequantize.input[0])
+        if quantize is not None and quantize.op_type == "QuantizeLinear" and quantize.input[0] in quantizers:
+            found.append(quantize.input[0])
+    return found
+
+
 def tensors_read_by(model: onnx.ModelProto, op_types: Iterable[str]) -> list[str]:
     """The quantized activations that ops of `op_types` read (through their DequantizeLinear)."""
     quantizers = activation_quantizers(model)
     by_output = {node.output[0]: node for node in model.graph.node}
     wanted = set(op_types)
-    found = []
-    for node in model.graph.node:
-        if node.op_type not in wanted:
-            continue
-        for name in node.input:
-            dequantize = by_output.get(name)
-            if dequantize is None or dequantize.op_type != "DequantizeLinear":
-                continue
-            quantize = by_output.get(dequantize.input[0])
-            if quantize is not None and quantize.op_type == "QuantizeLinear" and quantize.input[0] in quantizers:
-                found.append(quantize.input[0])
+    found = [name for node in model.graph.node if node.op_type in wanted
+             for name in _activations_read(node, by_output, quantizers)]  # fmt: skip
     return list(dict.fromkeys(found))
 
 
@@ -51,15 +57,9 @@ def tensors_around(model: onnx.ModelProto, node_names: Iterable[str]) -> list[st
     wanted = set(node_names)
     found = []
     for node in model.graph.node:
-        if node.name not in wanted:
-            continue
-        for name in node.input:
-            dequantize = by_output.get(name)
-            if dequantize is not None and dequantize.op_type == "DequantizeLinear":
-                quantize = by_output.get(dequantize.input[0])
-                if quantize is not None and quantize.op_type == "QuantizeLinear" and quantize.input[0] in quantizers:
-                    found.append(quantize.input[0])
-        found.extend(name for name in node.output if name in quantizers)
+        if node.name in wanted:
+            found += _activations_read(node, by_output, quantizers)
+            found += [name for name in node.output if name in quantizers]
     return list(dict.fromkeys(found))
 
 
