@@ -147,10 +147,10 @@ OPTIONS: dict[str, Option] = {
         {
             "choices": RECIPE_CHOICES,
             "default": DEFAULT_RECIPE,
-            "help": "toolkit (default: float stem, the pool on its own grid, the classifier on float features; "
-            "TFLite: + bias correction; ONNX: + shared Concat grids); plain: the converter/ORT alone; learned: + "
-            "GPTQ weight rounding, slower (docs/int8-fidelity.md); learned-a16 (ONNX only): learned with int16 "
-            "activations, for NPUs with A16W8 kernels",
+            "help": "learned (default): float stem, the pool on its own grid, the classifier on float features, "
+            "GPTQ weight rounding (TFLite: + bias correction; ONNX: + shared Concat grids); toolkit: the same "
+            "without the GPTQ fit (faster); plain: the converter/ORT alone; learned-a16 (ONNX only): learned with "
+            "int16 activations, for NPUs with A16W8 kernels",
         },
     ),
 }

@@ -63,6 +63,25 @@ def tensors_around(model: onnx.ModelProto, node_names: Iterable[str]) -> list[st
     return list(dict.fromkeys(found))
 
 
+def stem_nodes(model: onnx.ModelProto) -> list[str]:
+    """The network's stem, found by structure: its first Conv and the chain of single readers after it, up to
+    and including the first MaxPool (BVLC: conv1.conv, conv1.relu, pool1; torchvision: conv1.bn, conv1,
+    maxpool1). Empty when the model has no such chain."""
+    readers: dict[str, list[onnx.NodeProto]] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            readers.setdefault(name, []).append(node)
+    node = next((n for n in model.graph.node if n.op_type == "Conv"), None)
+    chain = []
+    while node is not None:
+        chain.append(node.name)
+        if node.op_type == "MaxPool":
+            return chain
+        following = readers.get(node.output[0], [])
+        node = following[0] if len(following) == 1 and len(chain) < 8 else None
+    return []
+
+
 def floatable_activations(model: onnx.ModelProto) -> list[str]:
     """The quantized activations `float_activations` can keep float: not those whose dequantized form is a
     graph output (int8 logits: keep the producer float with `float_outputs` instead)."""

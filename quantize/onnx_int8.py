@@ -38,6 +38,7 @@ from quantize.calibration import CalibrationSource, OrtCalibrationReader
 from quantize.drift import layer_errors
 from quantize.onnx_float import float_activations, tensors_around, tensors_read_by
 from quantize.onnx_pools import keep_max_pools_float
+from quantize.onnx_weights import apply_rounding, with_model_stem
 from quantize.presets import QuantizationConfig
 from quantize.ranges import set_mse_ranges
 
@@ -222,31 +223,6 @@ def _quantize_static(pre: Path, out: Path, cache: Path, config: QuantizationConf
         )
 
 
-def apply_rounding(pre: Path, reference, images: np.ndarray, config: QuantizationConfig) -> dict:
-    """Write weights rounded by `config.rounding` (fitted on `images`, NCHW, with the reference PyTorch
-    model) into the graph at `pre`, so ONNX Runtime's round-to-nearest reproduces them exactly."""
-    from onnx import numpy_helper
-
-    from quantize.rounding import RoundingSettings, rounded_copy, rounded_initializers
-
-    if reference is None:
-        raise ToolkitError(f"rounding {config.rounding!r} needs the PyTorch reference model")
-    skip = tuple(name for name in config.exclude if name.endswith("conv") or name == "fc")
-    rounded, record = rounded_copy(reference, images, RoundingSettings(method=config.rounding), skip)
-    weights = rounded_initializers(rounded, skip)
-    model = onnx.load(str(pre))
-    written = 0
-    for index, tensor in enumerate(model.graph.initializer):
-        if tensor.name in weights:
-            new = weights[tensor.name].reshape(numpy_helper.to_array(tensor).shape)
-            model.graph.initializer[index].CopyFrom(numpy_helper.from_array(new, tensor.name))
-            written += 1
-    if written != len(weights):
-        raise ToolkitError(f"rounded {len(weights)} layers but found {written} of their weights in the graph", pre)
-    onnx.save(model, str(pre))
-    return record
-
-
 def drift_report(
     fp32_path: Path,
     int8_path: Path,
@@ -306,6 +282,11 @@ def quantize_onnx(
         except Exception as exc:
             raise ToolkitError(f"quantization pre-processing failed ({one_line(exc)})", fp32_path) from None
         pre_model = onnx.load(str(pre), load_external_data=False)
+        config = replace(
+            config,
+            exclude=with_model_stem(pre_model, config.exclude),
+            float_activation_nodes=with_model_stem(pre_model, config.float_activation_nodes),
+        )
         _check_excludes(pre_model, config.exclude, fp32_path)
         _check_calibration_shape(pre_model, source)
         staged = stage / final.name

@@ -98,15 +98,15 @@ ONNX_PASSES: dict[str, dict] = {
     "mse-ranges": {"calibration": "mse"},
     "int16-activations": {"activation_type": "int16", "activation_symmetric": False},
 }
-# The default: `learned` without its GPTQ fit, and with a float stem whose conv1 weights stay int8 (so the file stays
+# `toolkit`: `learned` without its GPTQ fit, and with a float stem whose conv1 weights stay int8 (so the file stays
 # within 26% of FP32); chosen on validation splits: logit RMS 0.138 -> 0.066 (docs/int8-fidelity.md)
 _TOOLKIT = ("float-stem-activations", "pool-own-grid", "hybrid-classifier", "shared-concat-grid")
 _LEARNED = ("gptq-rounding", "float-stem", "pool-own-grid", "hybrid-classifier", "shared-concat-grid")
 # Named recipes (`--int8-recipe`, the names every int8 format defines), as ONNX passes on top of any target preset.
 RECIPES: dict[str, tuple[str, ...]] = {
-    "toolkit": _TOOLKIT,  # LRN (no int8 kernel exists) and the max pools after it stay float too
+    "toolkit": _TOOLKIT,  # `learned` without its fit; LRN (no int8 kernel exists) and the max pools after it stay float
     "plain": (),  # ONNX Runtime's static quantization alone
-    # opt-in (its GPTQ fit takes the command past 60 s on 2 cores); chosen on validation splits
+    # the default (quantize.recipes.DEFAULT_RECIPE): 58 s on 2 cores with its fit; chosen on validation splits
     # (docs/int8-fidelity.md); GPTQ removes the mean error bias correction would (so no bias-correction pass here)
     "learned": _LEARNED,
     # opt-in, ONNX only: `learned` with int16 activations (A16W8), for accelerators with such kernels

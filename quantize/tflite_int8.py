@@ -36,7 +36,7 @@ INT8_WEIGHT_MAX = 127  # TFLite int8 weights: symmetric, per output channel, in 
 
 @dataclass(frozen=True)
 class TfliteInt8Config:
-    """How TFLite int8 is quantized: the switches the passes set. The CLI's default is `recipe("toolkit")`."""
+    """How TFLite int8 is quantized: the switches the passes set. The CLI's default is `recipe("learned")`."""
 
     float_stem: bool = True
     bias_correction: bool = True
@@ -83,10 +83,10 @@ TFLITE_PASSES: dict[str, dict] = {
 _STEM_BIAS_POOL = ("float-stem", "bias-correction", "pool-own-grid")
 # Named recipes (`--int8-recipe`), as passes on top of the converter's own post-training int8 (`plain`).
 RECIPES: dict[str, tuple[str, ...]] = {
-    # the default; the hybrid classifier chosen on validation splits: logit RMS 0.085 -> 0.059 (docs/int8-fidelity.md)
+    # `learned` without the fit; the hybrid classifier chosen on validation splits: logit RMS 0.085 -> 0.059
     "toolkit": (*_STEM_BIAS_POOL, "hybrid-classifier"),
     "plain": (),
-    "learned": (*_STEM_BIAS_POOL, "gptq-rounding", "hybrid-classifier"),  # opt-in
+    "learned": (*_STEM_BIAS_POOL, "gptq-rounding", "hybrid-classifier"),  # the default (quantize.recipes)
     "gptq": (*_STEM_BIAS_POOL, "gptq-rounding"),  # single steps, measured on their own
     "stem-bias-pool": _STEM_BIAS_POOL,  # the default before the hybrid classifier
 }

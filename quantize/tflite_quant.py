@@ -9,6 +9,7 @@ rounding). Every quantized file gets the same sidecar and drift report as the FP
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +29,7 @@ from export.tflite_export import (
     tf_network,
     tflite_name,
 )
-from export.ui import step
+from export.ui import step, warn
 from export.weights import LoadedModel
 from quantize.calibration import CalibrationSource
 from quantize.recipes import DEFAULT_RECIPE
@@ -126,6 +127,10 @@ def export_tflite(
     check_io(io, quantize)
     require_tensorflow()
     int8 = int8 or default_int8()
+    if quantize == "int8" and int8.rounding != "nearest" and loaded.arch != "reference":
+        # the recipe still applies its other passes; the sidecar records the rounding actually used
+        warn(f"{int8.rounding} rounding needs the reference network, not {loaded.arch}: round-to-nearest instead")
+        int8 = replace(int8, rounding="nearest")
     result = TfliteExportResult()
     with staging_dir(out_dir) as stage:
         fp32, result.timings["fp32"] = export_tflite_fp32(

@@ -54,14 +54,16 @@ def test_recipes_build_the_settings_they_name() -> None:
     assert (onnx_learned.rounding, onnx_learned.shared_concat_ranges) == ("gptq", True)
     assert onnx_learned.float_inputs == onnx_learned.float_outputs == ("Gemm",)
     assert onnx_learned.to_dict()["passes"] == list(ONNX_RECIPES["learned"])
-    # the default: learned's passes without the GPTQ fit, conv1's activations float but not its weights
-    onnx_default = Int8Preset("onnx").settings()
+    # the default is `learned`; `toolkit` = its passes without the GPTQ fit, conv1's activations float, not its weights
+    assert Int8Preset("onnx").settings() == onnx_learned
+    assert Int8Preset("tflite").settings() == Int8Preset("tflite", "learned").settings()
+    onnx_default = Int8Preset("onnx", "toolkit").settings()
     assert onnx_default == replace(
         onnx_learned, rounding="nearest", exclude=("avgpool",), float_activation_nodes=FLOAT_STEM,
         recipe="toolkit", passes=ONNX_RECIPES["toolkit"],
     )  # fmt: skip
     assert Int8Preset("onnx", "plain").settings() == QuantizationConfig.arm64(calibration="minmax", recipe="plain")
-    assert Int8Preset("tflite").settings() == TfliteInt8Config(float_logits=True)  # + the hybrid classifier
+    assert Int8Preset("tflite", "toolkit").settings() == TfliteInt8Config(float_logits=True)  # + hybrid classifier
     assert Int8Preset("tflite", "plain").settings() == TfliteInt8Config.plain()
     assert Int8Preset("tflite", "learned").settings() == TfliteInt8Config(rounding="gptq", float_logits=True)
     assert Int8Preset("tflite", "learned").settings().to_dict()["passes"] == list(TFLITE_RECIPES["learned"])

@@ -349,6 +349,43 @@ def test_a_float_stem_keeps_conv1_s_activations_float_and_its_weights_int8(
     assert np.abs(logits - reference).mean() < np.abs(_run(int8, images)[0] - reference).mean()
 
 
+def _stem_graph(conv: str, relu: str, pool: str) -> onnx.ModelProto:
+    """A normalisation, a conv/relu/max-pool stem named `conv`, `relu`, `pool`, and a second conv."""
+    weight = numpy_helper.from_array(np.ones((4, 3, 3, 3), np.float32), "w1")
+    weight2 = numpy_helper.from_array(np.ones((4, 4, 1, 1), np.float32), "w2")
+    nodes = [
+        helper.make_node("Mul", ["x", "x"], ["m"], name="normalise"),
+        helper.make_node("Conv", ["m", "w1"], ["c"], name=conv, pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c"], ["r"], name=relu),
+        helper.make_node("MaxPool", ["r"], ["p"], name=pool, kernel_shape=[2, 2], strides=[2, 2]),
+        helper.make_node("Conv", ["p", "w2"], ["y"], name="conv2"),
+    ]
+    graph = helper.make_graph(
+        nodes, "stem", [helper.make_tensor_value_info("x", TensorProto.FLOAT, IMAGE)],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], [weight, weight2],
+    )  # fmt: skip
+    return helper.make_model(graph)
+
+
+def test_the_float_stem_is_found_by_structure() -> None:
+    """The recipes name the reference network's stem; a model that names it otherwise (the torchvision variant:
+    conv1.bn, conv1, maxpool1) gets its own stem floated, and the user's other names are kept as given."""
+    from quantize.onnx_float import stem_nodes
+    from quantize.onnx_weights import with_model_stem
+    from quantize.presets import FLOAT_STEM
+
+    reference = _stem_graph(*FLOAT_STEM)
+    torchvision = _stem_graph("conv1.bn", "conv1", "maxpool1")
+    assert stem_nodes(reference) == list(FLOAT_STEM)
+    assert stem_nodes(torchvision) == ["conv1.bn", "conv1", "maxpool1"]
+    assert with_model_stem(reference, (*FLOAT_STEM, "avgpool")) == (*FLOAT_STEM, "avgpool")
+    assert with_model_stem(torchvision, (*FLOAT_STEM, "avgpool")) == ("conv1.bn", "conv1", "maxpool1", "avgpool")
+    assert with_model_stem(torchvision, ("conv2",)) == ("conv2",)  # no stem asked for: nothing added
+    no_pool = _stem_graph("a", "b", "c")
+    no_pool.graph.node[3].op_type = "AveragePool"
+    assert stem_nodes(no_pool) == []
+
+
 def test_tensors_read_by_names_the_quantized_inputs(models: dict[str, onnx.ModelProto]) -> None:
     """Through each op's DequantizeLinear back to its QuantizeLinear: the activation tensors the op reads,
     never its weights; none once that activation is float."""

@@ -77,6 +77,59 @@ def test_hessian_covers_every_output_position() -> None:
     assert output_error(weight, ints, gram, count) == pytest.approx(direct, rel=1e-4)
 
 
+def test_blocked_gram_is_the_full_product() -> None:
+    from quantize.rounding import _gram as blocked_gram
+
+    rows = torch.from_numpy(RNG.normal(0, 1, (500, 300))).float()
+    assert torch.allclose(blocked_gram(rows), (rows.T @ rows).double(), rtol=1e-5, atol=1e-3)
+    assert torch.equal(blocked_gram(rows), blocked_gram(rows).T)
+
+
+def test_sampled_positions_estimate_the_hessian() -> None:
+    """H from a sample of positions: same count, a seeded (repeatable) estimate close to the full sum, and the
+    rounding fitted on it nearly as good on held-out inputs."""
+    torch.manual_seed(0)
+    rng = np.random.default_rng(7)
+    conv = torch.nn.Conv2d(4, 16, 3, padding=1)
+    images = np.maximum(rng.normal(0.2, 1, (6, 4, 24, 24)), 0).astype(np.float32)
+    full, count = layer_hessians(conv, images, {"c": conv}, batch_size=3)["c"]
+    sampled, sampled_count = layer_hessians(conv, images, {"c": conv}, batch_size=3, positions_per_input=64)["c"]
+    again, _ = layer_hessians(conv, images, {"c": conv}, batch_size=3, positions_per_input=64)["c"]
+    assert sampled_count == count == 6 * 24 * 24
+    assert torch.equal(sampled, again)
+    assert not torch.equal(sampled, full)  # 64 x 36 inputs of 3456 positions: a sample was taken
+    assert float((sampled - full).norm() / full.norm()) < 0.1
+    weight = conv.weight.detach().reshape(16, -1)
+    held_out = np.maximum(rng.normal(0.2, 1, (6, 4, 24, 24)), 0).astype(np.float32)
+    test, test_count = layer_hessians(conv, held_out, {"c": conv})["c"]
+    errors = {
+        name: output_error(weight, round_layer(weight, h, count, RoundingSettings()), test, test_count)
+        for name, h in (("full", full), ("sampled", sampled))
+    }
+    assert errors["sampled"] < 1.1 * errors["full"], errors
+    assert errors["sampled"] < 0.8 * output_error(weight, nearest_ints(weight), test, test_count)
+
+
+def test_learned_ints_carry_over_a_folded_channel_scale() -> None:
+    """Batch norm folded into a conv scales each output channel; the symmetric grid scales with it, so the
+    learned integers survive (times the sign) and the backend's own rounding finds them."""
+    from quantize.onnx_weights import on_graph_grid
+
+    weight = _layer()
+    x = _correlated_inputs(800, 48, seed=4)
+    ints = round_layer(weight, _gram(x), len(x), RoundingSettings())
+    channel = np.random.default_rng(6).uniform(0.2, 3, 24) * np.where(np.arange(24) % 3 == 0, -1, 1)
+    folded = (weight.numpy() * channel[:, None]).astype(np.float32)
+    moved = on_graph_grid(folded, weight.numpy(), ints.numpy())
+    assert moved is not None
+    backend = np.round(moved / (np.abs(moved).max(axis=1, keepdims=True) / INT8_MAX))
+    assert np.array_equal(backend, ints.numpy() * np.sign(channel)[:, None])
+    assert np.allclose(moved, to_float(weight, ints).numpy() * channel[:, None], rtol=1e-5, atol=1e-7)
+    other = folded.copy()
+    other[3, 5] += 0.05  # not the reference weight up to a channel scale: refused
+    assert on_graph_grid(other, weight.numpy(), ints.numpy()) is None
+
+
 def _rounded_pair() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """A conv [8, 3, 3, 3] and a dense [10, 32] weight, GPTQ-rounded; their float and int forms."""
     out = []
