@@ -221,7 +221,9 @@ def layer_hessians(
     sample of them (the same share of every batch), scaled up to estimate the full sum."""
     stats: dict[str, list] = {}
     generator = torch.Generator().manual_seed(seed)
-    batch_grams: dict[tuple, tuple[torch.Tensor, int]] = {}  # an inception block's 1x1 convs share their input
+    # an inception block's 1x1 convs share their input: its gram is computed once per batch (the entry holds the
+    # input, so no later tensor of the batch can reuse its address and match the key)
+    batch_grams: dict[tuple, tuple[torch.Tensor, int, torch.Tensor]] = {}
 
     def gram_of(module: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, int]:
         rows = _patches(module, x.float())
@@ -240,8 +242,8 @@ def layer_hessians(
             geometry = [getattr(module, a, None) for a in ("kernel_size", "stride", "padding", "dilation")]
             key = (x.data_ptr(), tuple(x.shape), str(geometry))
             if key not in batch_grams:
-                batch_grams[key] = gram_of(module, x)
-            gram, count = batch_grams[key]
+                batch_grams[key] = (*gram_of(module, x), x)
+            gram, count, _ = batch_grams[key]
             if name in stats:
                 stats[name][0] += gram
                 stats[name][1] += count

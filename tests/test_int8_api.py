@@ -50,7 +50,7 @@ def test_backends_only_implement_named_passes() -> None:
 def test_recipes_build_the_settings_they_name() -> None:
     """The pass tables reproduce the settings the recipes had as switches (so the artifacts are unchanged)."""
     onnx_learned = Int8Preset("onnx", "learned").settings()
-    assert onnx_learned.exclude == (*FLOAT_STEM, "avgpool")
+    assert onnx_learned.exclude == ("avgpool",) and onnx_learned.float_activation_nodes == FLOAT_STEM
     assert (onnx_learned.rounding, onnx_learned.shared_concat_ranges) == ("gptq", True)
     assert onnx_learned.float_inputs == onnx_learned.float_outputs == ("Gemm",)
     assert onnx_learned.to_dict()["passes"] == list(ONNX_RECIPES["learned"])
@@ -58,10 +58,7 @@ def test_recipes_build_the_settings_they_name() -> None:
     assert Int8Preset("onnx").settings() == onnx_learned
     assert Int8Preset("tflite").settings() == Int8Preset("tflite", "learned").settings()
     onnx_default = Int8Preset("onnx", "toolkit").settings()
-    assert onnx_default == replace(
-        onnx_learned, rounding="nearest", exclude=("avgpool",), float_activation_nodes=FLOAT_STEM,
-        recipe="toolkit", passes=ONNX_RECIPES["toolkit"],
-    )  # fmt: skip
+    assert onnx_default == replace(onnx_learned, rounding="nearest", recipe="toolkit", passes=ONNX_RECIPES["toolkit"])
     assert Int8Preset("onnx", "plain").settings() == QuantizationConfig.arm64(calibration="minmax", recipe="plain")
     assert Int8Preset("tflite", "toolkit").settings() == TfliteInt8Config(float_logits=True)  # + hybrid classifier
     assert Int8Preset("tflite", "plain").settings() == TfliteInt8Config.plain()
@@ -70,7 +67,7 @@ def test_recipes_build_the_settings_they_name() -> None:
 
 
 def test_user_excludes_join_the_recipe_s() -> None:
-    config = Int8Preset("onnx", "learned", "x86-vnni", exclude=("inception3a.branch1.conv",)).settings()
+    config = Int8Preset("onnx", "learned-float-conv1", "x86-vnni", exclude=("inception3a.branch1.conv",)).settings()
     assert config.exclude == (*FLOAT_STEM, "avgpool", "inception3a.branch1.conv")
     assert config.target == "x86-vnni" and config.activation_type == "uint8"
 
@@ -194,7 +191,7 @@ def test_learned_a16_on_the_real_network(bvlc_onnx_export, bvlc_loaded, imagenet
             onnx.save(model, str(weights_only))
             logits["weights"] = predict(throughput_runner(weights_only, optimize=False), photos, "weights only")
     weights = [k for k, v in stored["learned"].items() if v.dtype == np.int8 and v.ndim > 1]
-    assert len(weights) == 57  # every conv but conv1, and the classifier
+    assert len(weights) == 58  # every conv (conv1 too: its activations are float, its weights int8) and the classifier
     for key in weights:
         np.testing.assert_array_equal(stored["learned-a16"][key], stored["learned"][key], err_msg=key)
     activations = {v.dtype.name for k, v in stored["learned-a16"].items() if k.endswith("zero_point") and v.ndim == 0}

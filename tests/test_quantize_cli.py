@@ -215,21 +215,19 @@ def test_acceptance_int8_metadata(accepted: CliRun, imagenet_sample_dir: Path) -
     assert meta["labels"] == fp32_meta["labels"]
     quantization = json.loads(meta["quantization"])
     assert quantization["target"] == "arm64" and quantization["calibration"] == "minmax"
-    # the default recipe (`learned`), as its passes and what they left float: the stem (conv1 with its float
-    # weights, its ReLU, pool1), the average pool and the classifier's input; every other layer's weights int8,
-    # rounded by GPTQ on a sample of positions
+    # the default recipe (`learned`), as its passes and what they left float: the stem's activations (the image,
+    # conv1's output, pool1's), the average pool and the classifier's input; every layer's weights int8 (conv1's
+    # too), rounded by GPTQ on a sample of positions
     assert quantization["recipe"] == "learned" and quantization["passes"] == list(ONNX_RECIPES["learned"])
-    assert quantization["float_ops"]["activations"] == ["view"]
-    assert quantization["exclude"] == ["conv1.conv", "conv1.relu", "pool1", "avgpool"]
+    assert quantization["float_ops"]["activations"] == ["input", "conv1.relu", "pool1", "view"]
+    assert quantization["exclude"] == ["avgpool"]
     rounding = quantization["rounding"]
-    assert rounding["method"] == "gptq" and rounding["kept_float"] == ["conv1.conv"] and len(rounding["layers"]) == 57
+    assert rounding["method"] == "gptq" and rounding["kept_float"] == [] and len(rounding["layers"]) == 58
     assert rounding["positions_per_input"] == 64 and rounding["output_error_vs_nearest"] < 0.7
     model = onnx.load(str(accepted.out / "googlenet.int8.onnx"))
     int8 = {t.name for t in model.graph.initializer if t.data_type == onnx.TensorProto.INT8}
     conv1 = next(node for node in model.graph.node if node.name == "conv1.conv")
-    assert conv1.input[1] == "conv1.conv.weight"  # float weights, no DequantizeLinear
-    conv2 = next(node for node in model.graph.node if node.name == "conv2.conv")
-    weight = next(node for node in model.graph.node if node.output[0] == conv2.input[1])
+    weight = next(node for node in model.graph.node if node.output[0] == conv1.input[1])
     assert weight.op_type == "DequantizeLinear" and weight.input[0] in int8
     assert conv1.input[0] == "input"  # the float image, no QuantizeLinear in between
     calibration = json.loads(meta["calibration"])

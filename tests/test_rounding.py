@@ -110,6 +110,37 @@ def test_sampled_positions_estimate_the_hessian() -> None:
     assert errors["sampled"] < 0.8 * output_error(weight, nearest_ints(weight), test, test_count)
 
 
+class _Blocks(torch.nn.Module):
+    """Inception-like: in each block two 1x1 convs read the same input; every block's tensors have the same
+    shape, so freed ones are reused by the allocator (an address seen twice in one batch)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.pairs = torch.nn.ModuleList(
+            torch.nn.ModuleList([torch.nn.Conv2d(8, 8, 1), torch.nn.Conv2d(8, 8, 1)]) for _ in range(6)
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for a, b in self.pairs:
+            x = torch.relu(a(x)) + torch.relu(b(x))
+        return x
+
+
+def test_shared_inputs_share_one_gram_and_nothing_else() -> None:
+    """The 1x1 convs of a block get the gram of their shared input once; no layer gets another's (the cache
+    is keyed by the input's address, which a later tensor must not be able to reuse)."""
+    torch.manual_seed(0)
+    model = _Blocks().eval()
+    images = np.random.default_rng(3).normal(0, 1, (8, 8, 12, 12)).astype(np.float32)
+    layers = {name: m for name, m in model.named_modules() if isinstance(m, torch.nn.Conv2d)}
+    together = layer_hessians(model, images, layers, batch_size=2)
+    for name, module in layers.items():
+        alone = layer_hessians(model, images, {name: module}, batch_size=2)[name]
+        assert torch.equal(together[name][0], alone[0]) and together[name][1] == alone[1], name
+    assert torch.equal(together["pairs.2.0"][0], together["pairs.2.1"][0])
+    assert not torch.equal(together["pairs.2.0"][0], together["pairs.3.0"][0])
+
+
 def test_learned_ints_carry_over_a_folded_channel_scale() -> None:
     """Batch norm folded into a conv scales each output channel; the symmetric grid scales with it, so the
     learned integers survive (times the sign) and the backend's own rounding finds them."""

@@ -104,8 +104,9 @@ def test_int8_drift_and_size(tflite_run) -> None:
     assert (recipe["float_stem"], recipe["bias_correction"], recipe["global_mean"], recipe["float_logits"]) == (
         True, True, True, True,
     )  # fmt: skip
-    assert recipe["passes"] == ["float-stem", "bias-correction", "pool-own-grid", "hybrid-classifier"]
-    assert recipe["rounding"] == "nearest"
+    # the default recipe is `learned`: the weights GPTQ-rounded onto TFLite's grid
+    assert recipe["passes"] == ["float-stem", "bias-correction", "pool-own-grid", "gptq-rounding", "hybrid-classifier"]
+    assert recipe["rounding"] == "gptq"
     assert "conv1 (float16 weights)" in recipe["kept_float"]
     assert "fc output (hybrid: int8 weights, float logits)" in recipe["kept_float"]
 
