@@ -249,8 +249,9 @@ def test_tflite_converter_reproduces_the_rounding(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_real_model_onnx_int8_holds_the_learned_ints(bvlc_onnx_export, bvlc_loaded, imagenet_sample_dir: Path) -> None:
-    """The real network through `--int8-recipe learned`: every int8 weight ORT writes is the learned integer,
-    conv1 (float stem) stays float, and the sidecar records the rounding."""
+    """The real network through `--int8-recipe learned`: every int8 weight ORT writes is the learned integer
+    (conv1's too: the float stem keeps its activations float, not its weights), and the sidecar records the
+    rounding."""
     from quantize import FolderSource, quantize_onnx
     from quantize.presets import recipe
     from quantize.rounding import RoundingSettings, quantized_layers, rounded_copy
@@ -261,11 +262,11 @@ def test_real_model_onnx_int8_holds_the_learned_ints(bvlc_onnx_export, bvlc_load
     out.parent.mkdir(exist_ok=True)
     result = quantize_onnx(bvlc_onnx_export.path, source, config, out_path=out, reference=bvlc_loaded.model)
     rounded, record = rounded_copy(  # the cached fit of the run above
-        bvlc_loaded.model, np.concatenate(list(source.batches())), RoundingSettings("gptq"), ("conv1.conv",)
+        bvlc_loaded.model, np.concatenate(list(source.batches())), RoundingSettings("gptq"), ()
     )
     stored = {t.name: numpy_helper.to_array(t) for t in onnx.load(str(out)).graph.initializer}
-    layers = quantized_layers(rounded, ("conv1.conv",))
-    assert len(layers) == 57 + 1 - 1  # 57 convs + fc, minus conv1
+    layers = quantized_layers(rounded)
+    assert len(layers) == 57 + 1  # 57 convs + fc
     for name, module in layers.items():
         weight = module.weight.detach().reshape(module.weight.shape[0], -1)
         ints = torch.round(weight / grid_scale(weight)).reshape(module.weight.shape).numpy().astype(np.int8)
@@ -274,10 +275,56 @@ def test_real_model_onnx_int8_holds_the_learned_ints(bvlc_onnx_export, bvlc_load
         ]
         assert len(quantized) == 1, name
         np.testing.assert_array_equal(quantized[0], ints, err_msg=name)
-    assert stored["conv1.conv.weight"].dtype == np.float32
     sidecar = result.info["quantization"]
-    assert sidecar["rounding"]["method"] == "gptq" and sidecar["rounding"]["kept_float"] == ["conv1.conv"]
-    assert sidecar["rounding"] == record and "conv1.conv" in sidecar["exclude"]
+    assert sidecar["rounding"]["method"] == "gptq" and sidecar["rounding"]["kept_float"] == []
+    assert sidecar["rounding"] == record and sidecar["float_ops"]["activations"][:3] == ["input", "conv1.relu", "pool1"]
+
+
+@pytest.mark.slow
+def test_learned_ints_reach_torchvision_weights_through_folded_batch_norm(
+    imagenet_sample_dir: Path, tmp_path: Path
+) -> None:
+    """torchvision-format weights: the export folds each batch norm into its conv (a scale per output channel,
+    some negative); the default recipe's learned integers still land in the int8 model (times the sign), and its
+    float stem is found by structure (conv1's Relu output and maxpool1 float)."""
+    from export.onnx_export import OnnxExportOptions, export_onnx
+    from export.torchvision_variant import TorchvisionGoogLeNet
+    from export.weights import load_model
+    from quantize.api import Int8Preset, quantize
+    from quantize.calibration import FolderSource
+    from quantize.rounding import RoundingSettings, rounded_copy
+
+    torch.manual_seed(0)
+    network = TorchvisionGoogLeNet()
+    with torch.no_grad():
+        for module in network.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.running_mean.normal_(0, 0.2)
+                module.running_var.uniform_(0.5, 2)
+                module.weight.uniform_(-2, 2)
+                module.bias.normal_(0, 0.2)
+    torch.save(network.state_dict(), tmp_path / "tv.pt")
+    loaded = load_model(tmp_path / "tv.pt")
+    fp32 = export_onnx(loaded, OnnxExportOptions(out_dir=tmp_path, evaluate=False)).path
+    source = FolderSource(imagenet_sample_dir, loaded.preprocess, size=6, seed=0)
+    out = tmp_path / "int8" / "googlenet.int8.onnx"
+    out.parent.mkdir()
+    result = quantize(fp32, source, Int8Preset("onnx"), out_path=out, reference=loaded.model)
+    quantization = result.info["quantization"]
+    assert quantization["rounding"]["method"] == "gptq"
+    assert {"conv1", "maxpool1"} <= set(quantization["float_ops"]["activations"])
+    rounded, _ = rounded_copy(loaded.model, np.concatenate(list(source.batches())), RoundingSettings("gptq"), ())
+    stored = {t.name: numpy_helper.to_array(t) for t in onnx.load(str(out)).graph.initializer}
+    for path in ("conv2", "inception4c.branch2.1"):
+        layer, bn = rounded.get_submodule(path).conv, network.get_submodule(path).bn
+        weight = layer.weight.detach().reshape(layer.weight.shape[0], -1)
+        sign = torch.sign(bn.weight.detach())[:, None]
+        expected = (torch.round(weight / grid_scale(weight)) * sign).numpy().astype(np.int8)
+        (ints,) = [
+            v for k, v in stored.items() if k.startswith(f"{path}.conv.weight") and v.ndim > 1 and v.dtype == np.int8
+        ]
+        np.testing.assert_array_equal(ints.reshape(len(ints), -1), expected, err_msg=path)
+        assert (sign < 0).any()
 
 
 def _branchy_model(path: Path) -> None:
