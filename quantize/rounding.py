@@ -187,6 +187,8 @@ def _patches(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """Rows = output positions, columns = the layer's input patch in the order of weight.reshape(out, -1)."""
     if isinstance(module, nn.Linear):
         return x.reshape(-1, x.shape[-1])
+    if tuple(module.kernel_size) == (1, 1) and tuple(module.stride) == (1, 1) and tuple(module.padding) == (0, 0):
+        return x.permute(0, 2, 3, 1).reshape(-1, x.shape[1])  # a 1x1 conv's patch is one pixel: no im2col copy
     cols = F.unfold(x, module.kernel_size, dilation=module.dilation, padding=module.padding, stride=module.stride)
     return cols.transpose(1, 2).reshape(-1, cols.shape[1])
 
