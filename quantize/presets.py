@@ -108,7 +108,7 @@ _LEARNED = ("gptq-rounding", "float-stem-activations", "pool-own-grid", "hybrid-
 RECIPES: dict[str, tuple[str, ...]] = {
     "toolkit": _TOOLKIT,  # `learned` without its fit; LRN (no int8 kernel exists) and the max pools after it stay float
     "plain": (),  # ONNX Runtime's static quantization alone
-    # the default (quantize.recipes.DEFAULT_RECIPE): ~58 s on 2 cores with its fit; chosen on validation splits
+    # the default (quantize.recipes.DEFAULT_RECIPE): 58-61 s on 2 cores with its fit; chosen on validation splits
     # (docs/int8-fidelity.md); GPTQ removes the mean error bias correction would (so no bias-correction pass here)
     "learned": _LEARNED,
     # opt-in, ONNX only: `learned` with int16 activations (A16W8), for accelerators with such kernels

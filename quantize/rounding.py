@@ -333,11 +333,3 @@ def rounded_copy(
 
 
 _LAST: dict = {}
-
-
-def rounded_initializers(model: nn.Module, skip: Iterable[str] = ()) -> dict[str, np.ndarray]:
-    """`<module path>.weight` -> float32 array: the names the toolkit's ONNX export gives the weights."""
-    return {
-        f"{name}.weight": m.weight.detach().numpy().astype(np.float32)
-        for name, m in quantized_layers(model, skip).items()
-    }

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from export.evaluation import load_eval_set
+from benchmarks.int8_fidelity import _validation_split
 from export.weights import load_model
 from quantize.calibration import FolderSource
 from quantize.rounding import RoundingSettings, learned_rounding
@@ -46,11 +46,9 @@ def main() -> None:
     loaded = load_model(args.weights)
     cells = []
     for seed in args.seeds:
-        source = FolderSource(args.calib, loaded.preprocess, size=100, seed=seed)
-        order = np.random.default_rng(1000 + seed).permutation(len(source.chosen))
-        fit, val = np.sort(order[30:]), np.sort(order[:30])
-        images = source.arrays()[fit]
-        held = load_eval_set([source.chosen[i] for i in val], args.calib, loaded.preprocess, None, "validation")
+        draw = FolderSource(args.calib, loaded.preprocess, size=100, seed=seed)
+        fit, held = _validation_split(draw, loaded, args.calib, 30, seed)
+        images = fit.array
         inputs = np.concatenate([held.inputs, held.inputs[..., ::-1]]).copy()
         reference = _logits(loaded.model, inputs)
         for positions in args.positions:
