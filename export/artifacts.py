@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from export.errors import DISK_FULL, ToolkitError, one_line, write_error
+from export.errors import DISK_FULL, ToolkitError, one_line, raise_if_signalled, write_error
 
 if TYPE_CHECKING:
     import onnx
@@ -87,6 +87,7 @@ def publish(files: dict[Path, Path]) -> None:
                 shutil.copyfile(staged, tmp)
             except OSError as exc:
                 raise write_error(exc, final) from None
+        raise_if_signalled()  # an interrupt a library swallowed on the way here still publishes nothing
         for tmp, final in list(copied.items()):
             os.replace(tmp, final)
             del copied[tmp]
@@ -115,6 +116,7 @@ def write_json(path: Path, data: object) -> None:
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 would hide the file from other users
+        raise_if_signalled()
         os.replace(tmp, path)
     except OSError as exc:
         raise write_error(exc, path) from None

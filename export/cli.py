@@ -10,7 +10,16 @@ from collections.abc import Callable, Iterator, Sequence
 
 from edge_runtime.formats import BY_NAME, FORMATS
 from export import __version__
-from export.errors import DISK_FULL, EXIT_SIGINT, EXIT_SIGTERM, EXIT_USAGE, Terminated, ToolkitError, one_line
+from export.errors import (
+    DISK_FULL,
+    EXIT_SIGINT,
+    EXIT_SIGTERM,
+    EXIT_USAGE,
+    Terminated,
+    ToolkitError,
+    one_line,
+    signals_received,
+)
 from export.formats import OPTIONS
 
 
@@ -36,11 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-_received: list[int] = []  # signals seen, so an exception a library made of our interrupt is still one
-
-
 def _on_signal(signum: int, frame: object) -> None:
-    _received.append(signum)
+    signals_received.append(signum)
     raise Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
 
 
@@ -56,7 +62,7 @@ def interruptible() -> Iterator[None]:
 
 
 def _interrupted() -> int:
-    if _received and _received[0] == signal.SIGTERM:
+    if signals_received and signals_received[0] == signal.SIGTERM:
         sys.stderr.write("error: terminated (SIGTERM)\n")
         return EXIT_SIGTERM
     sys.stderr.write("error: interrupted (SIGINT)\n")
@@ -67,27 +73,32 @@ def run_guarded(run: Callable[[], int]) -> int:
     """Run a command: the user's errors, a full disk and interrupts as one line and an exit code.
 
     A signal raised inside a callback that a native library calls (TensorFlow's converter pulling
-    calibration data) can come back as that library's own exception: the signal still decides.
+    calibration data) can come back as that library's own exception, or be swallowed by it: the signal
+    still decides (and `publish` refuses to move files into place once one arrived).
     """
-    _received.clear()
+    signals_received.clear()
     try:
-        with interruptible():
-            return run()
-    except KeyboardInterrupt:
-        return _interrupted()
-    except ToolkitError as exc:
-        if _received:
+        try:
+            with interruptible():
+                code = run()
+            return _interrupted() if signals_received else code
+        except KeyboardInterrupt:
             return _interrupted()
-        sys.stderr.write("error: {}\n".format(" ".join(str(exc).split())))
-        return EXIT_USAGE
-    except Exception as exc:
-        if _received:
-            return _interrupted()
-        if isinstance(exc, OSError) and exc.errno in DISK_FULL:
-            where = f"{exc.filename}: " if exc.filename else ""
-            sys.stderr.write(f"error: {where}no space left on device ({one_line(exc)})\n")
+        except ToolkitError as exc:
+            if signals_received:
+                return _interrupted()
+            sys.stderr.write("error: {}\n".format(" ".join(str(exc).split())))
             return EXIT_USAGE
-        raise
+        except Exception as exc:
+            if signals_received:
+                return _interrupted()
+            if isinstance(exc, OSError) and exc.errno in DISK_FULL:
+                where = f"{exc.filename}: " if exc.filename else ""
+                sys.stderr.write(f"error: {where}no space left on device ({one_line(exc)})\n")
+                return EXIT_USAGE
+            raise
+    finally:
+        signals_received.clear()  # an API call later in this process is not interrupted
 
 
 def main(argv: Sequence[str] | None = None) -> int:

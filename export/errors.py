@@ -16,6 +16,8 @@ __all__ = [
     "Terminated",
     "ToolkitError",
     "one_line",
+    "raise_if_signalled",
+    "signals_received",
     "write_error",
 ]
 
@@ -26,6 +28,20 @@ DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 
 class Terminated(KeyboardInterrupt):
     """SIGTERM (a CI runner's cancel), raised like Ctrl-C so every `finally` and clean-up still runs."""
+
+
+# Signals the command's handler saw (`export.cli.interruptible`). A library may catch the exception the handler
+# raised and carry on (torch's ONNX exporter falls back to another capture strategy on a C++-wrapped error):
+# the signal is still on record here, and nothing is published once it is.
+signals_received: list[int] = []
+
+
+def raise_if_signalled() -> None:
+    """Raise the interrupt again if a signal arrived and something swallowed its exception."""
+    import signal
+
+    if signals_received:
+        raise Terminated() if signals_received[0] == signal.SIGTERM else KeyboardInterrupt()
 
 
 def write_error(exc: OSError, path: str | Path) -> ToolkitError:

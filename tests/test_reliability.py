@@ -6,7 +6,10 @@ decompression-bomb limit, tie-breaking in the per-layer report, the gate without
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
+import time
 import zlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -19,7 +22,8 @@ from conftest import assert_one_error, left_in
 
 from export import paths
 from export.artifacts import publish
-from export.errors import ToolkitError
+from export.cli import run_guarded
+from export.errors import EXIT_SIGTERM, ToolkitError
 from export.images import load_image
 from export.preprocess import BVLC_PREPROCESS
 from quantize.calibration import ArraySource, FolderSource, IterableSource
@@ -201,6 +205,29 @@ def test_publish_replaces_the_whole_set(tmp_path: Path) -> None:
     (tmp_path / "b.bin").write_bytes(b"new b")
     publish({tmp_path / "a.bin": out / "a.bin", tmp_path / "b.bin": out / "b.bin"})
     assert [(out / n).read_bytes() for n in left_in(out)] == [b"new a", b"new b"]
+
+
+def test_a_signal_a_library_swallowed_still_publishes_nothing(tmp_path: Path) -> None:
+    """A real SIGTERM whose exception a library catches and carries on past (torch's ONNX exporter did, once
+    under load, and the export then published its files and exited 0): the command still exits 143 and
+    `publish` moves nothing into place; a later call in the same process is not affected."""
+    staged, final = tmp_path / "stage" / "model.onnx", tmp_path / "out" / "model.onnx"
+    staged.parent.mkdir()
+    staged.write_bytes(b"model")
+
+    def command_whose_library_swallows_the_signal() -> int:
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)  # the handler raises here
+        except BaseException:
+            pass  # what the library did with it
+        publish({staged: final})
+        return 0
+
+    assert run_guarded(command_whose_library_swallows_the_signal) == EXIT_SIGTERM
+    assert not final.parent.exists() or not any(final.parent.iterdir())
+    publish({staged: final})  # no signal now
+    assert final.read_bytes() == b"model"
 
 
 def test_ties_in_the_per_layer_report_are_broken_by_name() -> None:
