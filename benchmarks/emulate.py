@@ -25,6 +25,7 @@ from pathlib import Path
 from benchmarks.emulation_env import PRIVATE_MOUNTS, EmulationEnv, in_namespace_script
 from edge_runtime import device_runner
 from edge_runtime.formats import BY_NAME
+from edge_runtime.hostinfo import usable_cores
 from export import ui
 from export.errors import ToolkitError
 
@@ -205,7 +206,7 @@ def emulate(
     from benchmarks.report import validate_report
     from export.artifacts import write_json
 
-    cores = os.cpu_count() or 1
+    cores = usable_cores()
     threads = threads or cores
     written = []
     with unpacked_bundle(bundle) as root:

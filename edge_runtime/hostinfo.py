@@ -26,6 +26,15 @@ ISA_FLAGS = {
 }
 
 
+def usable_cores() -> int:
+    """The cores this process may run on: its affinity mask (`taskset`, a container's cpuset, a pinned test
+    worker), not the machine's count, so parallel work never starts more threads than it has cores."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # no affinity API (macOS)
+        return os.cpu_count() or 1
+
+
 def _cpuinfo() -> str:
     try:
         return Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")

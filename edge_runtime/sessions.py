@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import os
 from pathlib import Path
 from typing import Protocol
 
@@ -11,6 +10,7 @@ import numpy as np
 
 from edge_runtime.errors import RunnerError, ToolkitError, one_line
 from edge_runtime.formats import OnnxSession, TfliteSession
+from edge_runtime.hostinfo import usable_cores
 
 
 class Runner(Protocol):
@@ -39,7 +39,7 @@ def throughput_runner(path: str | Path, optimize: bool = True) -> OnnxRunner:
     At batch 1 GoogLeNet's small convolutions scale poorly across threads; two single-threaded runs
     side by side evaluate 5-20% faster on two cores (measured here, most for emulated int8).
     """
-    return OnnxRunner(path, threads=1, optimize=optimize, workers=os.cpu_count() or 1)
+    return OnnxRunner(path, threads=1, optimize=optimize, workers=usable_cores())
 
 
 def onnx_eval_runner(path: str | Path, emulate: bool = False) -> OnnxRunner:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -11,6 +10,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from edge_runtime.hostinfo import usable_cores
 from export.errors import ToolkitError, one_line
 from export.preprocess import Preprocess
 
@@ -92,7 +92,7 @@ def preprocess_paths(
         except ToolkitError as exc:
             return exc
 
-    with ThreadPoolExecutor(os.cpu_count() or 1) as pool:
+    with ThreadPoolExecutor(usable_cores()) as pool:
         for path, result in zip(paths, pool.map(work, paths), strict=True):
             if isinstance(result, ToolkitError):
                 if errors is None:

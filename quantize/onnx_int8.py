@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
-import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
@@ -15,7 +14,7 @@ import numpy as np
 import onnx
 
 from edge_runtime import kernel_coverage
-from edge_runtime.hostinfo import host_facts, int8_host_caveat
+from edge_runtime.hostinfo import host_facts, int8_host_caveat, usable_cores
 from edge_runtime.metrics import file_sha256
 from edge_runtime.sessions import throughput_runner
 from export import __version__
@@ -170,7 +169,7 @@ def _collect_in_parallel(calibrator, reader: OrtCalibrationReader, count: int) -
     names = [output.name for output in session.get_outputs()]
     kept = calibrator.model_original_outputs  # the model's own outputs are not calibrated
     feeds = list(iter(reader.get_next, None))
-    with ThreadPoolExecutor(os.cpu_count() or 1) as pool:
+    with ThreadPoolExecutor(usable_cores()) as pool:
         runs = pool.map(lambda feed: session.run(None, feed), feeds)
         for outputs in progress(runs, "Calibrating", total=len(feeds) or count):
             calibrator.intermediate_outputs.append(

@@ -11,7 +11,6 @@ the zero point represents them exactly.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -19,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
+from edge_runtime.hostinfo import usable_cores
 from export.ui import progress
 
 BINS = 2048
@@ -66,7 +66,7 @@ def histograms(
     names = sorted(name for name, (low, high) in bounds.items() if high > low)
     session = _session_with_outputs(model_path, names)
     counts = {name: np.zeros(BINS, np.int64) for name in names}
-    with ThreadPoolExecutor(os.cpu_count() or 1) as pool:
+    with ThreadPoolExecutor(usable_cores()) as pool:
         runs = pool.map(lambda feed: session.run(names, feed), feeds)
         for outputs in progress(runs, "Histograms", total=total):
             for name, values in zip(names, outputs, strict=True):

@@ -31,6 +31,22 @@ from export.weights import LoadedModel, load_model
 PROJECT_ROOT = paths.PROJECT_ROOT
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """Under `-n N`, each worker (and every process it starts) gets its own share of the cores. Two workers
+    each running torch's, TensorFlow's and ONNX Runtime's thread pools across both cores of a 2-core runner
+    thrash: a test that takes 18 s alone took 101 s in the full tier. The toolkit sizes its own parallel work
+    by the affinity mask (`edge_runtime.hostinfo.usable_cores`), as it would under `taskset` or a cpuset."""
+    worker, count = os.environ.get("PYTEST_XDIST_WORKER"), int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if not worker or count < 2 or not hasattr(os, "sched_setaffinity"):
+        return
+    cores = sorted(os.sched_getaffinity(0))
+    if len(cores) < count:
+        return
+    share = cores[int(worker.removeprefix("gw")) :: count]
+    os.sched_setaffinity(0, share)
+    torch.set_num_threads(len(share))  # torch sized its pool when it was imported, before the pinning
+
+
 def _missing(what: str, where: Path) -> str:
     return f"shared {what} not found at {where}; set ${paths.SHARED_ENV}"
 
