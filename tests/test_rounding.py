@@ -10,10 +10,14 @@ import onnx
 import pytest
 import torch
 from onnx import TensorProto, helper, numpy_helper
+from torch import nn
 
 from quantize.rounding import (
     INT8_MAX,
     RoundingSettings,
+    _output_positions,
+    _patches,
+    _sampled_patches,
     grid_scale,
     layer_hessians,
     nearest_ints,
@@ -83,6 +87,28 @@ def test_blocked_gram_is_the_full_product() -> None:
     rows = torch.from_numpy(RNG.normal(0, 1, (500, 300))).float()
     assert torch.allclose(blocked_gram(rows), (rows.T @ rows).double(), rtol=1e-5, atol=1e-3)
     assert torch.equal(blocked_gram(rows), blocked_gram(rows).T)
+
+
+@pytest.mark.parametrize(
+    "conv",
+    [
+        nn.Conv2d(6, 4, 3, padding=1),
+        nn.Conv2d(6, 4, 5, padding=2),
+        nn.Conv2d(6, 4, 7, stride=2, padding=3),  # conv1's geometry
+        nn.Conv2d(6, 4, 3, stride=2, padding=1, dilation=2),
+        nn.Conv2d(6, 4, 1),
+        nn.Linear(6, 4),
+    ],
+    ids=["3x3", "5x5", "7x7-stride2", "dilated", "1x1", "linear"],
+)
+def test_sampled_patches_are_the_rows_of_the_full_im2col(conv: nn.Module) -> None:
+    """Gathering only the sampled output positions gives exactly those rows of the full patch matrix, in the
+    sample's order (so the estimated H, and every artifact, are unchanged by not building the rest)."""
+    x = torch.randn(3, 15, 13, 6).permute(0, 3, 1, 2) if isinstance(conv, nn.Conv2d) else torch.randn(5, 6)
+    full = _patches(conv, x)  # channels-last input, as in layer_hessians
+    assert full.shape[0] == _output_positions(conv, x)
+    rows = torch.randperm(full.shape[0], generator=torch.Generator().manual_seed(0))[:23]
+    assert torch.equal(_sampled_patches(conv, x, rows), full[rows])
 
 
 def test_sampled_positions_estimate_the_hessian() -> None:
