@@ -8,12 +8,13 @@ export again.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import struct
 import subprocess
 import sys
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +22,7 @@ import pytest
 import torch
 from torch import nn
 
+from edge_runtime.hostinfo import usable_cores
 from export import paths
 from export.images import list_images
 from export.model import GoogLeNet
@@ -42,9 +44,32 @@ def pytest_configure(config: pytest.Config) -> None:
     cores = sorted(os.sched_getaffinity(0))
     if len(cores) < count:
         return
+    ALL_CORES.update(cores)
     share = cores[int(worker.removeprefix("gw")) :: count]
     os.sched_setaffinity(0, share)
     torch.set_num_threads(len(share))  # torch sized its pool when it was imported, before the pinning
+
+
+ALL_CORES: set[int] = set()  # the cores before a worker was pinned (empty: not pinned)
+
+
+@contextlib.contextmanager
+def all_cores() -> Iterator[None]:
+    """Every core again for the block (and the processes and threads it starts): for the tests of what the
+    toolkit does with more than one core (parallel calibration, two evaluation workers), which a pinned
+    worker would otherwise never run."""
+    if not ALL_CORES:
+        yield
+        return
+    pinned, threads = os.sched_getaffinity(0), torch.get_num_threads()
+    os.sched_setaffinity(0, ALL_CORES)
+    torch.set_num_threads(len(ALL_CORES))
+    assert usable_cores() == len(ALL_CORES) > 1
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, pinned)
+        torch.set_num_threads(threads)
 
 
 def _missing(what: str, where: Path) -> str:

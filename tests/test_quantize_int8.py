@@ -16,6 +16,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+from conftest import all_cores
 from onnx import TensorProto, numpy_helper
 
 from edge_runtime.hostinfo import host_facts, int8_host_caveat
@@ -151,12 +152,14 @@ def calib_arrays(imagenet_sample_dir: Path, bvlc_loaded: LoadedModel) -> np.ndar
 
 @pytest.fixture(scope="module")
 def twice(fp32_path: Path, imagenet_sample_dir: Path, bvlc_loaded: LoadedModel, tmp_path_factory) -> list[Int8Result]:
-    """The same FP32 model quantized twice from scratch with the same 4-photo calibration set."""
+    """The same FP32 model quantized twice from scratch with the same 4-photo calibration set, on every core
+    (calibration collected in parallel)."""
     results = []
-    for run in ("first", "second"):
-        source = FolderSource(imagenet_sample_dir, bvlc_loaded.preprocess, size=4, seed=0)
-        out = tmp_path_factory.mktemp(f"int8_{run}") / "googlenet.int8.onnx"
-        results.append(quantize_onnx(fp32_path, source, QuantizationConfig.arm64(), out_path=out))
+    with all_cores():
+        for run in ("first", "second"):
+            source = FolderSource(imagenet_sample_dir, bvlc_loaded.preprocess, size=4, seed=0)
+            out = tmp_path_factory.mktemp(f"int8_{run}") / "googlenet.int8.onnx"
+            results.append(quantize_onnx(fp32_path, source, QuantizationConfig.arm64(), out_path=out))
     return results
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import onnx
 import pytest
-from conftest import assert_one_error, left_in
+from conftest import all_cores, assert_one_error, left_in
 from test_interrupts import Running
 from test_reliability import write_huge_png
 
@@ -57,7 +57,8 @@ def _int8_args(fmt: str, weights: Path, calib: Path, size: int = 9) -> list:
 
 @pytest.fixture(scope="module")
 def onnx_runs(run_export_cli, bvlc_weights: Path, calib_folder: Path, tmp_path_factory) -> list:
-    return _twice(run_export_cli, _int8_args("onnx", bvlc_weights, calib_folder), tmp_path_factory.mktemp("onnx"))
+    with all_cores():  # as a user's runs: parallel calibration, two-threaded fit
+        return _twice(run_export_cli, _int8_args("onnx", bvlc_weights, calib_folder), tmp_path_factory.mktemp("onnx"))
 
 
 def assert_byte_identical(first: Path, second: Path, expected: list[str]) -> None:
