@@ -208,14 +208,11 @@ def _sampled_patches(module: nn.Module, x: torch.Tensor, rows: torch.Tensor) -> 
     image, position = rows // (out_h * out_w), rows % (out_h * out_w)
     ys = (position // out_w)[:, None] * sh + torch.arange(kh)[None, :] * dh
     xs = (position % out_w)[:, None] * sw + torch.arange(kw)[None, :] * dw
-    padded = F.pad(x, (pw, pw, ph, ph))
-    picked = padded[
-        image[:, None, None, None],
-        torch.arange(channels)[None, :, None, None],
-        ys[:, None, :, None],
-        xs[:, None, None, :],
-    ]
-    return picked.reshape(len(rows), channels * kh * kw)  # unfold's column order: channel, then kernel row, column
+    # channels-last, each (image, y, x) is one row of `channels` floats: a patch is kh * kw row copies
+    padded = F.pad(x, (pw, pw, ph, ph)).permute(0, 2, 3, 1).contiguous()
+    flat = (image[:, None, None] * padded.shape[1] + ys[:, :, None]) * padded.shape[2] + xs[:, None, :]
+    picked = padded.reshape(-1, channels)[flat.reshape(-1)].reshape(len(rows), kh * kw, channels)
+    return picked.transpose(1, 2).reshape(len(rows), channels * kh * kw)  # unfold's order: channel, row, column
 
 
 def _output_positions(module: nn.Module, x: torch.Tensor) -> int:
