@@ -25,13 +25,15 @@ def with_model_stem(model: onnx.ModelProto, names: tuple[str, ...]) -> tuple[str
     return tuple(dict.fromkeys((*stem, *out)))
 
 
-def on_graph_grid(graph_weight: np.ndarray, reference: np.ndarray, ints: np.ndarray) -> np.ndarray | None:
+def on_graph_grid(
+    graph_weight: np.ndarray, reference: np.ndarray, ints: np.ndarray, qmax: int | None = None
+) -> np.ndarray | None:
     """The graph's weight [out, in] moved onto its own int8 grid at the learned `ints`, when it is the reference
     weight up to a scale per output channel (batch norm folded into it: the torchvision variant); else None.
 
     A per-channel scale s moves the symmetric grid with the weights (scale = |s| max|w| / 127), so the learned
     integers carry over, times sign(s)."""
-    from quantize.rounding import to_float
+    from quantize.rounding import INT8_MAX, to_float
 
     pivot = np.abs(reference).argmax(axis=1)
     rows = np.arange(len(reference))
@@ -42,7 +44,7 @@ def on_graph_grid(graph_weight: np.ndarray, reference: np.ndarray, ints: np.ndar
     import torch
 
     signed = torch.from_numpy(ints * np.sign(scale)[:, None])
-    return to_float(torch.from_numpy(graph_weight), signed).numpy()
+    return to_float(torch.from_numpy(graph_weight), signed, qmax or INT8_MAX).numpy()
 
 
 def apply_rounding(pre: Path, reference, images: np.ndarray, config: QuantizationConfig) -> dict:
@@ -50,7 +52,14 @@ def apply_rounding(pre: Path, reference, images: np.ndarray, config: Quantizatio
     model) into the graph at `pre`, so ONNX Runtime's round-to-nearest reproduces them exactly."""
     from onnx import numpy_helper
 
-    from quantize.rounding import RoundingSettings, nearest_ints, quantized_layers, rounded_copy
+    from quantize.rounding import (
+        INT8_MAX,
+        REDUCED_INT8_MAX,
+        RoundingSettings,
+        nearest_ints,
+        quantized_layers,
+        rounded_copy,
+    )
 
     if reference is None:
         raise ToolkitError(f"rounding {config.rounding!r} needs the PyTorch reference model")
@@ -58,7 +67,8 @@ def apply_rounding(pre: Path, reference, images: np.ndarray, config: Quantizatio
     # layers whose graph node stays float (the stem of `learned`) keep their float weights
     float_weights = {name for node in model.graph.node if node.name in config.exclude for name in node.input}
     skip = tuple(name for name in quantized_layers(reference) if f"{name}.weight" in float_weights)
-    rounded, record = rounded_copy(reference, images, RoundingSettings(method=config.rounding), skip)
+    qmax = REDUCED_INT8_MAX if config.reduce_range else INT8_MAX  # the grid ORT will quantize these weights on
+    rounded, record = rounded_copy(reference, images, RoundingSettings(method=config.rounding, qmax=qmax), skip)
     originals = quantized_layers(reference, skip)
     by_name = {tensor.name: index for index, tensor in enumerate(model.graph.initializer)}
     for name, module in quantized_layers(rounded, skip).items():
@@ -70,7 +80,7 @@ def apply_rounding(pre: Path, reference, images: np.ndarray, config: Quantizatio
         original = originals[name].weight.detach().float().reshape(len(graph_weight), -1)
         learned = module.weight.detach().float().reshape(len(graph_weight), -1)
         moved = on_graph_grid(graph_weight.reshape(len(graph_weight), -1), original.numpy(),
-                              nearest_ints(learned).numpy())  # fmt: skip
+                              nearest_ints(learned, qmax).numpy(), qmax)  # fmt: skip
         if moved is None:
             raise ToolkitError(f"the graph's {tensor.name} is not layer {name}'s weight (up to a channel scale)", pre)
         tensor.CopyFrom(numpy_helper.from_array(moved.reshape(graph_weight.shape).astype(np.float32), tensor.name))

@@ -33,6 +33,8 @@ import torch.nn.functional as F
 from torch import nn
 
 INT8_MAX = 127  # symmetric int8 weights, as ONNX Runtime (WeightSymmetric) and TFLite store them
+# ONNX Runtime's `reduce_range` (the x86-avx2 preset: 7-bit weights so AVX2's u8s8 pairs cannot saturate)
+REDUCED_INT8_MAX = 64
 ROUNDING_METHODS = ("nearest", "adaround", "gptq")
 
 
@@ -51,9 +53,10 @@ class RoundingSettings:
     seed: int = 0
     # H from at most this many output positions per input (a seeded sample); None = every position
     positions_per_input: int | None = 64
+    qmax: int = INT8_MAX  # the grid's largest integer: REDUCED_INT8_MAX for ONNX Runtime's reduce_range
 
     def to_dict(self) -> dict:
-        common = {"method": self.method, "grid": "per-channel symmetric int8, scale = max|w|/127"}
+        common = {"method": self.method, "grid": f"per-channel symmetric int8, scale = max|w|/{self.qmax}"}
         if self.method == "adaround":
             return {**common, "iterations": self.iterations, "learning_rate": self.learning_rate,
                     "reg_weight": self.reg_weight, "beta": [20, 2], "seed": self.seed}  # fmt: skip
@@ -63,41 +66,44 @@ class RoundingSettings:
         return common
 
 
-def grid_scale(weight: torch.Tensor) -> torch.Tensor:
-    """Per output channel (row of the [out, in] matrix) scale = max|w| / 127, as both backends compute it."""
-    scale = weight.abs().amax(dim=1, keepdim=True) / INT8_MAX
+def grid_scale(weight: torch.Tensor, qmax: int = INT8_MAX) -> torch.Tensor:
+    """Per output channel (row of the [out, in] matrix) scale = max|w| / qmax, as both backends compute it (qmax
+    127; 64 for ONNX Runtime's reduce_range, whose symmetric int8 grid is -64..64)."""
+    scale = weight.abs().amax(dim=1, keepdim=True) / qmax
     return torch.where(scale == 0, torch.ones_like(scale), scale)
 
 
 def pinned(weight: torch.Tensor) -> torch.Tensor:
-    """Mask of each row's largest-magnitude element: it must stay at +-127 so the recomputed scale is the same."""
+    """Mask of each row's largest-magnitude element: it must stay at +-qmax so the recomputed scale is the same."""
     mask = torch.zeros_like(weight, dtype=torch.bool)
     mask[torch.arange(weight.shape[0]), weight.abs().argmax(dim=1)] = True
     return mask
 
 
-def to_float(weight: torch.Tensor, ints: torch.Tensor) -> torch.Tensor:
+def to_float(weight: torch.Tensor, ints: torch.Tensor, qmax: int = INT8_MAX) -> torch.Tensor:
     """The float weights that the backends' round-to-nearest turns into exactly `ints`: q * scale, float32,
-    with every +-127 element set to the row's original max|w| (so max|w|, hence the scale, is unchanged)."""
+    with every +-qmax element set to the row's original max|w| (so max|w|, hence the scale, is unchanged)."""
     weight = weight.float()
-    scale = grid_scale(weight)
+    scale = grid_scale(weight, qmax)
     out = ints.float() * scale
     top = weight.abs().amax(dim=1, keepdim=True).expand_as(out)
-    return torch.where(ints.abs() == INT8_MAX, torch.sign(ints.float()) * top, out)
+    return torch.where(ints.abs() == qmax, torch.sign(ints.float()) * top, out)
 
 
-def nearest_ints(weight: torch.Tensor) -> torch.Tensor:
-    return torch.clamp(torch.round(weight / grid_scale(weight)), -INT8_MAX, INT8_MAX)
+def nearest_ints(weight: torch.Tensor, qmax: int = INT8_MAX) -> torch.Tensor:
+    return torch.clamp(torch.round(weight / grid_scale(weight, qmax)), -qmax, qmax)
 
 
-def output_error(weight: torch.Tensor, ints: torch.Tensor, hessian: torch.Tensor, count: int) -> float:
+def output_error(
+    weight: torch.Tensor, ints: torch.Tensor, hessian: torch.Tensor, count: int, qmax: int = INT8_MAX
+) -> float:
     """Mean over output positions of the summed squared output error: trace(E H E^T) / N (E = w~ - w)."""
-    error = (to_float(weight, ints) - weight).double()
+    error = (to_float(weight, ints, qmax) - weight).double()
     return float(((error @ hessian.double()) * error).sum() / max(count, 1))
 
 
-def _pin_values(weight: torch.Tensor) -> torch.Tensor:
-    return torch.sign(weight) * INT8_MAX
+def _pin_values(weight: torch.Tensor, qmax: int) -> torch.Tensor:
+    return torch.sign(weight) * qmax
 
 
 def auto_damping(columns: int, count: int) -> float:
@@ -106,11 +112,13 @@ def auto_damping(columns: int, count: int) -> float:
     return min(1.0, 0.01 + columns / max(count, 1))
 
 
-def gptq(weight: torch.Tensor, hessian: torch.Tensor, damping: float = 0.01, act_order: bool = True) -> torch.Tensor:
+def gptq(
+    weight: torch.Tensor, hessian: torch.Tensor, damping: float = 0.01, act_order: bool = True, qmax: int = INT8_MAX
+) -> torch.Tensor:
     """Integer weights [out, in] by sequential rounding with error feedback (GPTQ), on a fixed grid."""
-    w = (weight.double() / grid_scale(weight).double()).clone()  # in grid units
+    w = (weight.double() / grid_scale(weight, qmax).double()).clone()  # in grid units
     pin = pinned(weight)
-    pin_value = _pin_values(weight).double()
+    pin_value = _pin_values(weight, qmax).double()
     h = hessian.double().clone()
     dead = torch.diagonal(h) == 0
     h[dead, dead] = 1.0
@@ -128,7 +136,7 @@ def gptq(weight: torch.Tensor, hessian: torch.Tensor, damping: float = 0.01, act
         errors = np.zeros_like(chunk)
         for j in range(end - start):
             col = chunk[j]
-            q = np.where(pin_t[start + j], pin_value_t[start + j], np.clip(np.round(col), -INT8_MAX, INT8_MAX))
+            q = np.where(pin_t[start + j], pin_value_t[start + j], np.clip(np.round(col), -qmax, qmax))
             ints[:, start + j] = torch.from_numpy(q)
             err = (col - q) / hinv_np[start + j, start + j]
             chunk[j:] -= hinv_np[start + j, start + j : end][:, None] * err[None, :]
@@ -145,20 +153,21 @@ def adaround(
     weight: torch.Tensor, hessian: torch.Tensor, count: int, settings: RoundingSettings = RoundingSettings()
 ) -> torch.Tensor:
     """Integer weights [out, in] learned with AdaRound on the layer's (pre-activation) output error."""
-    scale = grid_scale(weight)
+    qmax = settings.qmax
+    scale = grid_scale(weight, qmax)
     x = weight / scale
     floor = torch.floor(x)
     rest = (x - floor).clamp(0.01, 0.99)
     v = (-torch.log(1.2 / (rest + 0.1) - 1)).requires_grad_(True)  # h(V) = rest at the start
     pin = pinned(weight)
-    pin_ints = _pin_values(weight)
+    pin_ints = _pin_values(weight, qmax)
     m = hessian.float() / max(count, 1)
-    reference = max(output_error(weight, nearest_ints(weight), hessian, count), 1e-30)
+    reference = max(output_error(weight, nearest_ints(weight, qmax), hessian, count, qmax), 1e-30)
     optimizer = torch.optim.Adam([v], lr=settings.learning_rate)
     warmup = int(0.2 * settings.iterations)
     for step in range(settings.iterations):
         h = _rectified_sigmoid(v)
-        q = torch.where(pin, pin_ints, torch.clamp(floor + h, -INT8_MAX, INT8_MAX))
+        q = torch.where(pin, pin_ints, torch.clamp(floor + h, -qmax, qmax))
         error = (q - x) * scale
         loss = ((error @ m) * error).sum() / reference
         if step >= warmup:
@@ -169,7 +178,7 @@ def adaround(
         loss.backward()
         optimizer.step()
     with torch.no_grad():
-        ints = torch.clamp(floor + (_rectified_sigmoid(v) >= 0.5).float(), -INT8_MAX, INT8_MAX)
+        ints = torch.clamp(floor + (_rectified_sigmoid(v) >= 0.5).float(), -qmax, qmax)
         return torch.where(pin, pin_ints, ints)
 
 
@@ -307,10 +316,10 @@ def layer_hessians(
 def round_layer(weight: torch.Tensor, hessian: torch.Tensor, count: int, settings: RoundingSettings) -> torch.Tensor:
     """Integer weights [out, in] of one layer by `settings.method`."""
     if settings.method == "nearest":
-        return nearest_ints(weight)
+        return nearest_ints(weight, settings.qmax)
     if settings.method == "gptq":
         damping = auto_damping(weight.shape[1], count) if settings.damping is None else settings.damping
-        return gptq(weight, hessian, damping, settings.act_order)
+        return gptq(weight, hessian, damping, settings.act_order, settings.qmax)
     if settings.method == "adaround":
         return adaround(weight, hessian, count, settings)
     raise ValueError(f"unknown rounding method {settings.method!r} (choose from {', '.join(ROUNDING_METHODS)})")
@@ -332,10 +341,10 @@ def learned_rounding(
         with torch.enable_grad():
             ints = round_layer(weight, hessian, count, settings)
         report[name] = {
-            "nearest_error": output_error(weight, nearest_ints(weight), hessian, count),
-            "error": output_error(weight, ints, hessian, count),
+            "nearest_error": output_error(weight, nearest_ints(weight, settings.qmax), hessian, count, settings.qmax),
+            "error": output_error(weight, ints, hessian, count, settings.qmax),
         }
-        module.weight.copy_(to_float(weight, ints).reshape(module.weight.shape))
+        module.weight.copy_(to_float(weight, ints, settings.qmax).reshape(module.weight.shape))
     return report
 
 

@@ -14,6 +14,7 @@ from torch import nn
 
 from quantize.rounding import (
     INT8_MAX,
+    REDUCED_INT8_MAX,
     RoundingSettings,
     _output_positions,
     _patches,
@@ -187,22 +188,25 @@ def test_learned_ints_carry_over_a_folded_channel_scale() -> None:
     assert on_graph_grid(other, weight.numpy(), ints.numpy()) is None
 
 
-def _rounded_pair() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """A conv [8, 3, 3, 3] and a dense [10, 32] weight, GPTQ-rounded; their float and int forms."""
+def _rounded_pair(qmax: int = INT8_MAX) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """A conv [8, 3, 3, 3] and a dense [10, 32] weight, GPTQ-rounded on the grid of `qmax`; float and int forms."""
     out = []
     for shape in ((8, 3, 3, 3), (10, 32)):
         weight = torch.from_numpy(RNG.normal(0, 0.2, shape)).float().reshape(shape[0], -1)
         x = _correlated_inputs(500, weight.shape[1], seed=5)
-        ints = round_layer(weight, _gram(x), len(x), RoundingSettings(method="gptq"))
-        out += [to_float(weight, ints).reshape(shape).numpy(), ints.reshape(shape).numpy().astype(np.int8)]
+        ints = round_layer(weight, _gram(x), len(x), RoundingSettings(method="gptq", qmax=qmax))
+        assert not torch.equal(ints, nearest_ints(weight, qmax)), "GPTQ must move some weights off nearest"
+        out += [to_float(weight, ints, qmax).reshape(shape).numpy(), ints.reshape(shape).numpy().astype(np.int8)]
     return out[0], out[1], out[2], out[3]
 
 
-def test_onnx_runtime_reproduces_the_rounding(tmp_path: Path) -> None:
-    """ORT's quantize_static (per-channel symmetric int8, as the toolkit calls it) stores exactly the learned ints."""
+@pytest.mark.parametrize("reduce_range", [False, True], ids=["full-range", "reduce-range"])
+def test_onnx_runtime_reproduces_the_rounding(tmp_path: Path, reduce_range: bool) -> None:
+    """ORT's quantize_static (per-channel symmetric int8, as the toolkit calls it) stores exactly the learned ints,
+    on the full grid and on the x86-avx2 preset's reduce_range grid (-64..64)."""
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
-    conv_w, conv_q, fc_w, fc_q = _rounded_pair()
+    conv_w, conv_q, fc_w, fc_q = _rounded_pair(REDUCED_INT8_MAX if reduce_range else INT8_MAX)
     graph = helper.make_graph(
         [
             helper.make_node("Conv", ["x", "cw"], ["c"], name="conv", pads=[1, 1, 1, 1]),
@@ -233,6 +237,7 @@ def test_onnx_runtime_reproduces_the_rounding(tmp_path: Path) -> None:
     quantize_static(
         str(fp32), str(int8), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
         activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, extra_options={"WeightSymmetric": True},
+        reduce_range=reduce_range,
     )  # fmt: skip
     stored = {t.name: numpy_helper.to_array(t) for t in onnx.load(str(int8)).graph.initializer}
     ints = {k: v for k, v in stored.items() if v.dtype == np.int8 and v.ndim >= 2}
@@ -274,28 +279,32 @@ def test_tflite_converter_reproduces_the_rounding(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_real_model_onnx_int8_holds_the_learned_ints(bvlc_onnx_export, bvlc_loaded, imagenet_sample_dir: Path) -> None:
+@pytest.mark.parametrize(("target", "qmax"), [("arm64", INT8_MAX), ("x86-avx2", REDUCED_INT8_MAX)])
+def test_real_model_onnx_int8_holds_the_learned_ints(
+    bvlc_onnx_export, bvlc_loaded, imagenet_sample_dir: Path, target: str, qmax: int
+) -> None:
     """The real network through `--int8-recipe learned`: every int8 weight ORT writes is the learned integer
     (conv1's too: the float stem keeps its activations float, not its weights), and the sidecar records the
-    rounding."""
+    rounding. x86-avx2's 7-bit weights (reduce_range) are learned on their own grid, not re-rounded onto it."""
     from quantize import FolderSource, quantize_onnx
     from quantize.presets import recipe
     from quantize.rounding import RoundingSettings, quantized_layers, rounded_copy
 
     source = FolderSource(imagenet_sample_dir, bvlc_loaded.preprocess, size=12, seed=3)
-    config = recipe("learned", "arm64")
-    out = bvlc_onnx_export.path.parent / "learned" / "googlenet.int8.onnx"
+    config = recipe("learned", target)
+    out = bvlc_onnx_export.path.parent / f"learned-{target}" / "googlenet.int8.onnx"
     out.parent.mkdir(exist_ok=True)
     result = quantize_onnx(bvlc_onnx_export.path, source, config, out_path=out, reference=bvlc_loaded.model)
     rounded, record = rounded_copy(  # the cached fit of the run above
-        bvlc_loaded.model, np.concatenate(list(source.batches())), RoundingSettings("gptq"), ()
+        bvlc_loaded.model, np.concatenate(list(source.batches())), RoundingSettings("gptq", qmax=qmax), ()
     )
     stored = {t.name: numpy_helper.to_array(t) for t in onnx.load(str(out)).graph.initializer}
     layers = quantized_layers(rounded)
     assert len(layers) == 57 + 1  # 57 convs + fc
     for name, module in layers.items():
         weight = module.weight.detach().reshape(module.weight.shape[0], -1)
-        ints = torch.round(weight / grid_scale(weight)).reshape(module.weight.shape).numpy().astype(np.int8)
+        ints = torch.round(weight / grid_scale(weight, qmax)).reshape(module.weight.shape).numpy().astype(np.int8)
+        assert np.abs(ints).max() == qmax, name
         quantized = [
             v for k, v in stored.items() if k.startswith(f"{name}.weight") and v.dtype == np.int8 and v.ndim > 1
         ]
@@ -303,6 +312,7 @@ def test_real_model_onnx_int8_holds_the_learned_ints(bvlc_onnx_export, bvlc_load
         np.testing.assert_array_equal(quantized[0], ints, err_msg=name)
     sidecar = result.info["quantization"]
     assert sidecar["rounding"]["method"] == "gptq" and sidecar["rounding"]["kept_float"] == []
+    assert sidecar["rounding"]["grid"].endswith(f"max|w|/{qmax}")
     assert sidecar["rounding"] == record and sidecar["float_ops"]["activations"][:3] == ["input", "conv1.relu", "pool1"]
 
 
