@@ -161,7 +161,7 @@ def test_int16_activations_keep_int8_weights_and_a_finer_grid(tmp_path: Path) ->
 
 
 @pytest.mark.slow
-def test_learned_a16_on_the_real_network(bvlc_onnx_export, bvlc_loaded, imagenet_sample_dir) -> None:
+def test_learned_a16_on_the_real_network(bvlc_onnx_export, bvlc_loaded, imagenet_sample_dir, tmp_path: Path) -> None:
     """`--int8-recipe learned-a16` on the real network and photos: the same int8 weights as `learned` (one
     GPTQ fit), int16 activation grids on the same ranges, and so a small fraction of the activation error of
     `learned` (each judged against the same int8 weights with float activations). Judged on the calibration
@@ -177,7 +177,7 @@ def test_learned_a16_on_the_real_network(bvlc_onnx_export, bvlc_loaded, imagenet
     photos = source.arrays()
     stored, logits = {}, {}
     for name in ("learned", "learned-a16"):
-        out = bvlc_onnx_export.path.parent / name / "googlenet.int8.onnx"
+        out = tmp_path / name / "googlenet.int8.onnx"  # not beside the shared FP32 export, which other tests list
         result = quantize(
             bvlc_onnx_export.path, source, Int8Preset("onnx", name), out_path=out, reference=bvlc_loaded.model
         )

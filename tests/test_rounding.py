@@ -281,7 +281,7 @@ def test_tflite_converter_reproduces_the_rounding(tmp_path: Path) -> None:
 @pytest.mark.slow
 @pytest.mark.parametrize(("target", "qmax"), [("arm64", INT8_MAX), ("x86-avx2", REDUCED_INT8_MAX)])
 def test_real_model_onnx_int8_holds_the_learned_ints(
-    bvlc_onnx_export, bvlc_loaded, imagenet_sample_dir: Path, target: str, qmax: int
+    bvlc_onnx_export, bvlc_loaded, imagenet_sample_dir: Path, tmp_path: Path, target: str, qmax: int
 ) -> None:
     """The real network through `--int8-recipe learned`: every int8 weight ORT writes is the learned integer
     (conv1's too: the float stem keeps its activations float, not its weights), and the sidecar records the
@@ -292,8 +292,7 @@ def test_real_model_onnx_int8_holds_the_learned_ints(
 
     source = FolderSource(imagenet_sample_dir, bvlc_loaded.preprocess, size=12, seed=3)
     config = recipe("learned", target)
-    out = bvlc_onnx_export.path.parent / f"learned-{target}" / "googlenet.int8.onnx"
-    out.parent.mkdir(exist_ok=True)
+    out = tmp_path / "googlenet.int8.onnx"  # not beside the shared FP32 export, which other tests list
     result = quantize_onnx(bvlc_onnx_export.path, source, config, out_path=out, reference=bvlc_loaded.model)
     rounded, record = rounded_copy(  # the cached fit of the run above
         bvlc_loaded.model, np.concatenate(list(source.batches())), RoundingSettings("gptq", qmax=qmax), ()
