@@ -25,15 +25,13 @@ def with_model_stem(model: onnx.ModelProto, names: tuple[str, ...]) -> tuple[str
     return tuple(dict.fromkeys((*stem, *out)))
 
 
-def on_graph_grid(
-    graph_weight: np.ndarray, reference: np.ndarray, ints: np.ndarray, qmax: int | None = None
-) -> np.ndarray | None:
+def on_graph_grid(graph_weight: np.ndarray, reference: np.ndarray, ints: np.ndarray, qmax: int) -> np.ndarray | None:
     """The graph's weight [out, in] moved onto its own int8 grid at the learned `ints`, when it is the reference
     weight up to a scale per output channel (batch norm folded into it: the torchvision variant); else None.
 
-    A per-channel scale s moves the symmetric grid with the weights (scale = |s| max|w| / 127), so the learned
+    A per-channel scale s moves the symmetric grid with the weights (scale = |s| max|w| / qmax), so the learned
     integers carry over, times sign(s)."""
-    from quantize.rounding import INT8_MAX, to_float
+    from quantize.rounding import to_float
 
     pivot = np.abs(reference).argmax(axis=1)
     rows = np.arange(len(reference))
@@ -44,7 +42,7 @@ def on_graph_grid(
     import torch
 
     signed = torch.from_numpy(ints * np.sign(scale)[:, None])
-    return to_float(torch.from_numpy(graph_weight), signed, qmax or INT8_MAX).numpy()
+    return to_float(torch.from_numpy(graph_weight), signed, qmax).numpy()
 
 
 def apply_rounding(pre: Path, reference, images: np.ndarray, config: QuantizationConfig) -> dict:

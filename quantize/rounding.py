@@ -211,9 +211,8 @@ def _sampled_patches(module: nn.Module, x: torch.Tensor, rows: torch.Tensor) -> 
     if isinstance(module, nn.Linear) or tuple(module.kernel_size) == (1, 1):
         return _patches(module, x)[rows]
     (kh, kw), (sh, sw), (ph, pw), (dh, dw) = (tuple(getattr(module, a)) for a in _GEOMETRY)
-    channels, height, width = x.shape[1:]
-    out_w = (width + 2 * pw - dw * (kw - 1) - 1) // sw + 1
-    out_h = (height + 2 * ph - dh * (kh - 1) - 1) // sh + 1
+    channels = x.shape[1]
+    out_h, out_w = _output_size(module, x)
     image, position = rows // (out_h * out_w), rows % (out_h * out_w)
     ys = (position // out_w)[:, None] * sh + torch.arange(kh)[None, :] * dh
     xs = (position % out_w)[:, None] * sw + torch.arange(kw)[None, :] * dw
@@ -224,14 +223,17 @@ def _sampled_patches(module: nn.Module, x: torch.Tensor, rows: torch.Tensor) -> 
     return picked.transpose(1, 2).reshape(len(rows), channels * kh * kw)  # unfold's order: channel, row, column
 
 
+def _output_size(conv: nn.Conv2d, x: torch.Tensor) -> tuple[int, int]:
+    """The conv's output height and width for input `x` (NCHW), as F.unfold computes them."""
+    (kh, kw), (sh, sw), (ph, pw), (dh, dw) = (tuple(getattr(conv, a)) for a in _GEOMETRY)
+    return (x.shape[2] + 2 * ph - dh * (kh - 1) - 1) // sh + 1, (x.shape[3] + 2 * pw - dw * (kw - 1) - 1) // sw + 1
+
+
 def _output_positions(module: nn.Module, x: torch.Tensor) -> int:
     """Rows `_patches` would return: output positions times images."""
     if isinstance(module, nn.Linear):
         return x.numel() // x.shape[-1]
-    (kh, kw), (sh, sw), (ph, pw), (dh, dw) = (tuple(getattr(module, a)) for a in _GEOMETRY)
-    out_h = (x.shape[2] + 2 * ph - dh * (kh - 1) - 1) // sh + 1
-    out_w = (x.shape[3] + 2 * pw - dw * (kw - 1) - 1) // sw + 1
-    return x.shape[0] * out_h * out_w
+    return x.shape[0] * math.prod(_output_size(module, x))
 
 
 def _gram(rows: torch.Tensor, blocks: int = 4) -> torch.Tensor:

@@ -178,14 +178,14 @@ def test_learned_ints_carry_over_a_folded_channel_scale() -> None:
     ints = round_layer(weight, _gram(x), len(x), RoundingSettings())
     channel = np.random.default_rng(6).uniform(0.2, 3, 24) * np.where(np.arange(24) % 3 == 0, -1, 1)
     folded = (weight.numpy() * channel[:, None]).astype(np.float32)
-    moved = on_graph_grid(folded, weight.numpy(), ints.numpy())
+    moved = on_graph_grid(folded, weight.numpy(), ints.numpy(), INT8_MAX)
     assert moved is not None
     backend = np.round(moved / (np.abs(moved).max(axis=1, keepdims=True) / INT8_MAX))
     assert np.array_equal(backend, ints.numpy() * np.sign(channel)[:, None])
     assert np.allclose(moved, to_float(weight, ints).numpy() * channel[:, None], rtol=1e-5, atol=1e-7)
     other = folded.copy()
     other[3, 5] += 0.05  # not the reference weight up to a channel scale: refused
-    assert on_graph_grid(other, weight.numpy(), ints.numpy()) is None
+    assert on_graph_grid(other, weight.numpy(), ints.numpy(), INT8_MAX) is None
 
 
 def _rounded_pair(qmax: int = INT8_MAX) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
