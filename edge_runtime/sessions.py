@@ -43,8 +43,12 @@ def throughput_runner(path: str | Path, optimize: bool = True) -> OnnxRunner:
 
 
 def onnx_eval_runner(path: str | Path, emulate: bool = False) -> OnnxRunner:
-    """For evaluating many images (`throughput_runner`); `emulate`: graph optimisations off, one thread."""
-    return OnnxRunner(path, threads=1, optimize=False) if emulate else throughput_runner(path)
+    """For evaluating many images (`throughput_runner`); `emulate`: graph optimisations off.
+
+    Each run is single-threaded either way, so a batch's float summation order, and the logits, do not depend
+    on how many cores evaluate batches side by side (emulated int8 on 400 photos: 2x faster on two cores).
+    """
+    return throughput_runner(path, optimize=not emulate)
 
 
 def tflite_eval_runner(path: str | Path, emulate: bool = False) -> TfliteRunner:

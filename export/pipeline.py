@@ -257,6 +257,8 @@ def _quantize_onnx_int8(
         ui.show(layer_table(drift["layers"]["worst_first"]))
         if drift.get("host_caveat"):
             ui.warn(drift["host_caveat"])
+        if drift.get("host_skipped"):
+            ui.show(f"int8 on this host: not run ({drift['host_skipped']})")
     summarize_onnx_int8(q.info, q.timings, config.target, config.calibration, out / q.path.name)
     return q
 

@@ -38,7 +38,7 @@ from quantize.drift import layer_errors
 from quantize.onnx_float import float_activations, tensors_around, tensors_read_by
 from quantize.onnx_pools import keep_max_pools_float
 from quantize.onnx_weights import apply_rounding, with_model_stem
-from quantize.presets import QuantizationConfig
+from quantize.presets import QuantizationConfig, host_target
 from quantize.ranges import set_mse_ranges
 
 LAYER_REPORT_IMAGES = 4
@@ -229,9 +229,11 @@ def drift_report(
     fp32_logits: np.ndarray | None,
     workdir: Path,
     int8_activations: bool = True,
+    host_skipped: str | None = None,
 ) -> dict:
-    """The drift of `int8_path` from `fp32_path`, run on this host and emulated (target-independent).
-    `int8_activations` False (int16 ones, run in float everywhere): the host's int8 kernels are no caveat."""
+    """The drift of `int8_path` from `fp32_path`, emulated (target-independent) and, unless `host_skipped`
+    says why not, run on this host's kernels. `int8_activations` False (int16 ones, run in float
+    everywhere): the host's int8 kernels are no caveat."""
     if fp32_logits is None:
         fp32_logits = predict(throughput_runner(fp32_path), eval_set.inputs, "Evaluating FP32")
     from export.evaluation import accuracy
@@ -239,16 +241,30 @@ def drift_report(
     report: dict = {
         "eval": {"images": len(eval_set), "labelled": int((eval_set.labels >= 0).sum())},
         "fp32": {"accuracy": accuracy(fp32_logits, eval_set.labels)},
-        "host": measure_drift(throughput_runner(int8_path), eval_set, fp32_logits, "Evaluating int8 (host)"),
+        "host": None,
         "emulated": measure_drift(
             throughput_runner(int8_path, optimize=False), eval_set, fp32_logits, "Evaluating int8 (emulated)"
         ),
-        "host_caveat": int8_host_caveat() if int8_activations else None,
+        "host_caveat": None,
+        "host_skipped": host_skipped,
     }
+    if host_skipped is None:
+        report["host"] = measure_drift(throughput_runner(int8_path), eval_set, fp32_logits, "Evaluating int8 (host)")
+        report["host_caveat"] = int8_host_caveat() if int8_activations else None
     step("measuring per-layer quantization error")
     rows = layer_errors(fp32_path, int8_path, eval_set.inputs[:LAYER_REPORT_IMAGES], workdir)
     report["layers"] = {"images": min(len(eval_set), LAYER_REPORT_IMAGES), "worst_first": rows}
     return report
+
+
+def _host_skipped(target: str, host_run: bool | None) -> str | None:
+    """Why the drift is not also run on this host's int8 kernels (None: it is). By default only when they are
+    the target's: an arm64 model on an x86 host runs other kernels than it was made for (ARM's compute what
+    the emulated run computes, docs/arm-emulation.md), and 400 more photos cost ~7 s of a 60 s budget."""
+    host = host_target()
+    if host_run or (host_run is None and target == host):
+        return None
+    return f"made for {target} int8 kernels, this host has {host} ones: `python -m benchmarks run` measures them"
 
 
 def quantize_onnx(
@@ -261,8 +277,10 @@ def quantize_onnx(
     reference=None,
     budget=None,
     validation: EvalSet | None = None,
+    host_run: bool | None = None,
 ) -> Int8Result:
-    """Quantize, stamp metadata, measure drift; `googlenet.int8.onnx` appears only when all succeeded."""
+    """Quantize, stamp metadata, measure drift; `googlenet.int8.onnx` appears only when all succeeded.
+    `host_run`: also run the drift on this host's int8 kernels (None: only when they are the target's)."""
     fp32_path = Path(fp32_path)
     final = out_path or int8_path_for(fp32_path)
     metadata = read_onnx_metadata(fp32_path)
@@ -317,10 +335,11 @@ def quantize_onnx(
         if eval_set is not None and len(eval_set):
             started = time.perf_counter()
             int8_activations = config.activation_type != "int16"
-            drift = drift_report(fp32_path, staged, eval_set, fp32_logits, stage, int8_activations)
+            skipped = _host_skipped(config.target, host_run)
+            drift = drift_report(fp32_path, staged, eval_set, fp32_logits, stage, int8_activations, skipped)
             drift["eval"]["dataset"] = eval_set_description(eval_set)
             timings["drift_s"] = time.perf_counter() - started
-        # what this host's ONNX Runtime really runs in int8 (the drift's "host" row runs exactly that)
+        # what this host's ONNX Runtime really runs in int8 (what the drift's "host" row, when run, runs)
         sample = eval_set.inputs[:1] if eval_set is not None and len(eval_set) else next(iter(source.batches()))[:1]
         kernels = kernel_coverage.coverage(
             staged, sample, [[layer.name, layer.macs] for layer in count_file(staged).layers]
@@ -382,6 +401,8 @@ def _drift_summary(drift: dict | None) -> dict:
         return {}
     summary: dict = {"images": drift["eval"]["images"]}
     for run in ("host", "emulated"):
+        if not drift.get(run):
+            continue
         summary[run] = {
             "top1_drop_pp": drift[run].get("top1_drop_pp"),
             "top1_agreement": drift[run]["fidelity"]["top1_agreement"],

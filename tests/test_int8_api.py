@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 from pathlib import Path
 
@@ -124,6 +125,33 @@ def test_quantize_runs_the_onnx_backend_on_a_real_graph(tmp_path: Path) -> None:
     assert result.info["quantization"]["recipe"] == "plain" and result.info["quantization"]["passes"] == []
 
 
+@pytest.mark.parametrize("on_this_host", [True, False])
+def test_drift_runs_on_this_hosts_kernels_only_when_they_are_the_targets(tmp_path: Path, on_this_host: bool) -> None:
+    """By default the drift report runs the int8 model on this host's kernels only when the model was made for
+    them; otherwise it says why not (and the emulated run, which ARM's kernels reproduce, is still there)."""
+    from export.evaluation import EvalSet
+    from quantize.calibration import ArraySource
+    from quantize.onnx_int8 import quantize_onnx
+    from quantize.presets import PRESETS, host_target
+
+    rng = np.random.default_rng(2)
+    fp32 = _tiny_graph(tmp_path / "tiny.onnx", rng, opset=21)
+    images, unseen = rng.normal(size=(8, 3, 8, 8)).astype(np.float32), rng.normal(size=(4, 3, 8, 8)).astype(np.float32)
+    target = host_target() if on_this_host else next(t for t in PRESETS if t != host_target())
+    unlabelled = EvalSet([Path(f"{i}.png") for i in range(4)], unseen, np.full(4, -1))
+    config = PRESETS[target]()
+    out = tmp_path / "tiny.int8.onnx"
+    drift = quantize_onnx(fp32, ArraySource(images, origin="test"), config, unlabelled, out_path=out).info["drift"]
+    assert drift["emulated"]["fidelity"]["top1_agreement"] >= 0
+    if on_this_host:
+        assert drift["host"]["fidelity"]["top1_agreement"] >= 0 and drift["host_skipped"] is None
+    else:
+        assert drift["host"] is None and drift["host_caveat"] is None
+        assert f"made for {target}" in drift["host_skipped"] and host_target() in drift["host_skipped"]
+        summary = json.loads({p.key: p.value for p in onnx.load(str(out)).metadata_props}["drift"])
+        assert set(summary) == {"images", "emulated"}
+
+
 def test_int16_activations_keep_int8_weights_and_a_finer_grid(tmp_path: Path) -> None:
     """The `int16-activations` pass (A16W8): activations on int16 grids, weights still int8, and the output
     follows float more closely than with int8 activations, on inputs it was not calibrated on. The drift
@@ -144,7 +172,8 @@ def test_int16_activations_keep_int8_weights_and_a_finer_grid(tmp_path: Path) ->
         config = apply_passes(QuantizationConfig.arm64(), passes, ONNX_PASSES)
         out = tmp_path / f"tiny.{len(passes)}.onnx"
         unlabelled = EvalSet([Path(f"{i}.png") for i in range(4)], unseen, np.full(4, -1))
-        result = quantize_onnx(fp32, ArraySource(images, origin="test"), config, eval_set=unlabelled, out_path=out)
+        source = ArraySource(images, origin="test")
+        result = quantize_onnx(fp32, source, config, eval_set=unlabelled, out_path=out, host_run=True)
         assert result.info["drift"]["host_caveat"] == (None if passes else int8_host_caveat())
         model = onnx.load(str(out))
         zero_points = {

@@ -139,9 +139,9 @@ def eval_set(calib_source: FolderSource, imagenet_sample_dir: Path, bvlc_loaded:
 
 @pytest.fixture(scope="module")
 def with_drift(fp32_path: Path, calib_source, eval_set, tmp_path_factory) -> Int8Result:
-    """arm64 int8 model calibrated on 8 photos, with the drift report on 8 others."""
+    """arm64 int8 model calibrated on 8 photos, with the drift report on 8 others (on this host's kernels too)."""
     out = tmp_path_factory.mktemp("int8_with_drift") / "googlenet.int8.onnx"
-    return quantize_onnx(fp32_path, calib_source, QuantizationConfig.arm64(), eval_set, None, out)
+    return quantize_onnx(fp32_path, calib_source, QuantizationConfig.arm64(), eval_set, None, out, host_run=True)
 
 
 @pytest.fixture(scope="module")
