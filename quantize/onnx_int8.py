@@ -149,6 +149,8 @@ def calibrate(pre: Path, source: CalibrationSource, config: QuantizationConfig, 
         ranges = calibrator.compute_data()
     if config.calibration == "mse":
         set_mse_ranges(pre, ranges, OrtCalibrationReader(source, input_name), count)
+    if config.wide_5x5_inputs != 1.0:
+        widen_ranges(ranges, inputs_of_5x5_convs(onnx.load(str(pre), load_external_data=False)), config.wide_5x5_inputs)
     if config.shared_concat_ranges:
         share_concat_ranges(onnx.load(str(pre), load_external_data=False), ranges)
     cache = workdir / "calibration.json"
@@ -175,6 +177,27 @@ def _collect_in_parallel(calibrator, reader: OrtCalibrationReader, count: int) -
             calibrator.intermediate_outputs.append(
                 [None if name in kept else value for name, value in zip(names, outputs, strict=True)]
             )
+
+
+def inputs_of_5x5_convs(model: onnx.ModelProto) -> list[str]:
+    """The activation read by each Conv with a 5x5 kernel (in GoogLeNet, the 5x5-reduce outputs)."""
+    kernels = {t.name: tuple(t.dims) for t in model.graph.initializer}
+    return [
+        node.input[0]
+        for node in model.graph.node
+        if node.op_type == "Conv" and len(node.input) > 1 and kernels.get(node.input[1], ())[2:] == (5, 5)
+    ]
+
+
+def widen_ranges(ranges, names: list[str], factor: float) -> None:
+    """Each named tensor's calibrated range times `factor` (about zero: a ReLU output's stays [0, factor x max])."""
+    from onnxruntime.quantization.calibrate import TensorData
+
+    for name in names:
+        if name not in ranges:
+            raise ToolkitError(f"no calibrated range for {name!r} to widen")
+        low, high = (np.asarray(v) for v in ranges[name].range_value)
+        ranges[name] = TensorData(lowest=(low * factor).astype(low.dtype), highest=(high * factor).astype(high.dtype))
 
 
 def share_concat_ranges(model: onnx.ModelProto, ranges) -> None:

@@ -30,6 +30,7 @@ import numpy as np
 from edge_runtime.kernel_coverage import is_lowered_lrn
 from edge_runtime.sessions import tflite_names
 from export.errors import ToolkitError
+from quantize.presets import WIDE_5X5_FACTOR  # one factor for both backends
 
 INT8_WEIGHT_MAX = 127  # TFLite int8 weights: symmetric, per output channel, in [-127, 127]
 
@@ -47,6 +48,8 @@ class TfliteInt8Config:
     # the classifier as a hybrid FULLY_CONNECTED: int8 per-channel weights (same bytes), float input and float
     # logits; the int8 logits' step (~0.17) is half of the int8 model's logit error energy
     float_logits: bool = False
+    # the activations feeding 5x5 convolutions get this many times their calibrated range (`quantize.presets`)
+    wide_5x5_inputs: float = 1.0
 
     @classmethod
     def plain(cls) -> TfliteInt8Config:
@@ -79,6 +82,7 @@ TFLITE_PASSES: dict[str, dict] = {
     "pool-own-grid": {"global_mean": True},  # the 7x7 average pool as MEAN, whose int8 output gets its own range
     "gptq-rounding": {"rounding": "gptq"},
     "hybrid-classifier": {"float_logits": True},
+    "wide-5x5-inputs": {"wide_5x5_inputs": WIDE_5X5_FACTOR},
 }
 _STEM_BIAS_POOL = ("float-stem", "bias-correction", "pool-own-grid")
 # Named recipes (`--int8-recipe`), as passes on top of the converter's own post-training int8 (`plain`).
@@ -89,6 +93,7 @@ RECIPES: dict[str, tuple[str, ...]] = {
     "learned": (*_STEM_BIAS_POOL, "gptq-rounding", "hybrid-classifier"),  # the default (quantize.recipes)
     "gptq": (*_STEM_BIAS_POOL, "gptq-rounding"),  # single steps, measured on their own
     "stem-bias-pool": _STEM_BIAS_POOL,  # the default before the hybrid classifier
+    "learned-wide5": (*_STEM_BIAS_POOL, "gptq-rounding", "hybrid-classifier", "wide-5x5-inputs"),
 }
 
 
@@ -229,6 +234,8 @@ def quantize(converter, calibration: np.ndarray, io: str, config: TfliteInt8Conf
     with warnings.catch_warnings():  # "Statistics for quantized inputs were expected ...; continuing anyway."
         warnings.filterwarnings("ignore", message="Statistics for quantized inputs", category=UserWarning)
         calibrated = converter.convert()
+    if config.wide_5x5_inputs != 1.0:
+        calibrated = widen_5x5_inputs(calibrated, config.wide_5x5_inputs)
     denylist = lowered_lrn_tensor_names(calibrated)
     denylist += stem_tensor_names(calibrated) if config.float_stem else []
     if config.float_logits:
@@ -244,6 +251,28 @@ def quantize(converter, calibration: np.ndarray, io: str, config: TfliteInt8Conf
     if config.float_logits:
         quantized = hybrid_classifier(quantized)
     return tflite_convert.deduplicate_readonly_buffers(quantized)  # as convert() does after quantizing
+
+
+def widen_5x5_inputs(calibrated: bytes, factor: float) -> bytes:
+    """The calibrated min/max of each CONV_2D input whose kernel is 5x5, times `factor`, before quantization."""
+    from ai_edge_litert.tools import flatbuffer_utils
+
+    model = flatbuffer_utils.convert_bytearray_to_object(bytearray(calibrated))
+    graph = model.subgraphs[0]
+    widened = 0
+    for _, op, name in _ops_of(model):
+        kernel = graph.tensors[op.inputs[1]] if name == "CONV_2D" else None
+        if kernel is None or list(kernel.shape[1:3]) != [5, 5]:
+            continue
+        stats = graph.tensors[op.inputs[0]].quantization
+        if stats is None or stats.min is None or stats.max is None:
+            raise ToolkitError("a 5x5 convolution's input has no calibrated range to widen")
+        stats.min = [float(v) * factor for v in stats.min]
+        stats.max = [float(v) * factor for v in stats.max]
+        widened += 1
+    if not widened:
+        raise ToolkitError("found no 5x5 convolution whose input range to widen")
+    return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
 
 
 def stem_weights_to_fp16(flatbuffer: bytes) -> bytes:

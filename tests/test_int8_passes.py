@@ -535,3 +535,62 @@ def test_float_nonnegative_graph_input(tmp_path: Path) -> None:
     x = np.random.default_rng(1).uniform(0, 1, (1, 1, 2, 2)).astype(np.float32)
     (y,) = _session(model).run(None, {"x": x})
     np.testing.assert_allclose(y, np.concatenate([0.5 * x, 0.5 * x], axis=1), atol=1e-6)
+
+
+# -- wide-5x5-inputs -----------------------------------------------------------------------------------------
+def _reduce_then_5x5(path: Path) -> Path:
+    """x -> 1x1 Conv (4 channels) -> Relu -> 5x5 Conv -> Relu -> GlobalAveragePool -> Flatten: GoogLeNet's
+    5x5 branch in miniature."""
+    rng = np.random.default_rng(3)
+    inits = [
+        numpy_helper.from_array(_on_grid((4, 3, 1, 1), rng), "w_reduce"),
+        numpy_helper.from_array(_on_grid((6, 4, 5, 5), rng), "w_5x5"),
+    ]
+    nodes = [
+        helper.make_node("Conv", ["x", "w_reduce"], ["reduce"], name="reduce.conv"),
+        helper.make_node("Relu", ["reduce"], ["reduce_relu"], name="reduce.relu"),
+        helper.make_node("Conv", ["reduce_relu", "w_5x5"], ["wide"], name="wide.conv", pads=[2, 2, 2, 2]),
+        helper.make_node("Relu", ["wide"], ["wide_relu"], name="wide.relu"),
+        helper.make_node("GlobalAveragePool", ["wide_relu"], ["pooled"], name="pool"),
+        helper.make_node("Flatten", ["pooled"], ["logits"], name="flat"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "five",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(IMAGE))],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 6])],
+        inits,
+    )
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)], ir_version=10), str(path))
+    return path
+
+
+def _scale_of(model: onnx.ModelProto, tensor: str) -> float:
+    """The scale of the QuantizeLinear that quantizes `tensor`."""
+    inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    node = next(n for n in model.graph.node if n.op_type == "QuantizeLinear" and n.input[0] == tensor)
+    return float(inits[node.input[1]])
+
+
+def test_wide_5x5_inputs_widens_only_the_5x5_convs_input(tmp_path: Path) -> None:
+    """The pass gives the tensor a 5x5 conv reads exactly 1.5x its calibrated range (its int8 step 1.5x
+    coarser) and leaves every other activation's range as it was."""
+    from quantize.calibration import ArraySource
+    from quantize.onnx_int8 import inputs_of_5x5_convs, quantize_onnx
+    from quantize.passes import apply_passes
+    from quantize.presets import ONNX_PASSES, WIDE_5X5_FACTOR, QuantizationConfig
+
+    fp32 = _reduce_then_5x5(tmp_path / "five.onnx")
+    assert inputs_of_5x5_convs(onnx.load(str(fp32))) == ["reduce_relu"]
+    source = ArraySource(_images(6, 0), origin="test")
+    scales = {}
+    for passes in ((), ("wide-5x5-inputs",)):
+        config = apply_passes(QuantizationConfig.arm64(), passes, ONNX_PASSES)
+        out = tmp_path / f"five.{len(passes)}.onnx"
+        result = quantize_onnx(fp32, source, config, out_path=out)
+        assert result.info["quantization"]["wide_5x5_inputs"] == (WIDE_5X5_FACTOR if passes else 1.0)  # recorded
+        model = onnx.load(str(out))
+        scales[passes] = {name: _scale_of(model, name) for name in ("x", "reduce_relu", "wide_relu")}
+    widened, plain = scales[("wide-5x5-inputs",)], scales[()]
+    assert widened["reduce_relu"] == pytest.approx(WIDE_5X5_FACTOR * plain["reduce_relu"], rel=1e-6)
+    assert widened["x"] == plain["x"] and widened["wide_relu"] == plain["wide_relu"]
