@@ -15,6 +15,7 @@ float or GPTQ-rounded. Grids:
 - `channel`: each channel its own [0, max] grid (clipped at the channel's calibration max);
 - `headroom-h`: one grid per tensor on [0, h x max]: coarser steps, less clipping of photos brighter than
   the calibration ones;
+- `reduce5-h`: as `headroom-h` for the 5x5-reduce outputs only (16-48 channels), the others `tensor`;
 - `split-r`: outlier channel splitting (a channel stored as k copies on a tensor grid r times finer; a copy
   saturates at the grid's max, so a channel clips at k times it), k = ceil(1.5 x the channel's max / grid max):
   the int8-kernel way to per-channel steps, at the cost of the extra channels it reports.
@@ -40,6 +41,7 @@ BLOCKS = ("3a", "3b", "4a", "4b", "4c", "4d", "4e", "5a", "5b")
 NOT_SPLITTABLE = ("norm1", "norm2", "conv2")  # LRN outputs, and LRN's input: LRN mixes channels
 GRIDS = ("tensor", "tensor-noclip", "channel-noclip", "channel", "split-2", "split-4")
 HEADROOM = ("headroom-1.1", "headroom-1.25", "headroom-1.5")
+FIVE_BY_FIVE = ("reduce5-1.25", "reduce5-1.5", "reduce5-2")  # the `wide-5x5-inputs` pass: 5x5-reduce outputs only
 
 
 class FakeQuant(nn.Module):
@@ -66,8 +68,9 @@ class FakeQuant(nn.Module):
         unbounded = torch.full_like(channel_max, float("inf"))
         if grid == "tensor" or (grid.startswith("split") and self.name in NOT_SPLITTABLE):
             self.step, self.limit = torch.full_like(channel_max, top / 255), torch.full_like(channel_max, top)
-        elif grid.startswith("headroom"):
-            wider = top * float(grid.split("-")[1])
+        elif grid.startswith(("headroom", "reduce5")):
+            widen = grid.startswith("headroom") or self.name.endswith("reduce5")
+            wider = top * (float(grid.split("-")[1]) if widen else 1.0)
             self.step, self.limit = torch.full_like(channel_max, wider / 255), torch.full_like(channel_max, wider)
         elif grid == "tensor-noclip":
             self.step, self.limit = torch.full_like(channel_max, top / 255), unbounded
@@ -128,7 +131,8 @@ def main() -> None:
             _logits(model, torch.from_numpy(fit.array))
             for point in points:
                 point.observing = False
-            for grid in (*GRIDS, *HEADROOM) if weights == "float" else ("tensor", "tensor-noclip", *HEADROOM):
+            grids = (*GRIDS, *HEADROOM) if weights == "float" else ("tensor", "tensor-noclip", *HEADROOM, *FIVE_BY_FIVE)
+            for grid in grids:
                 extra = sum(point.set_grid(grid) for point in points)
                 out = _logits(model, inputs)
                 cells.append(

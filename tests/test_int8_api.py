@@ -55,15 +55,18 @@ def test_recipes_build_the_settings_they_name() -> None:
     assert (onnx_learned.rounding, onnx_learned.shared_concat_ranges) == ("gptq", True)
     assert onnx_learned.float_inputs == onnx_learned.float_outputs == ("Gemm",)
     assert onnx_learned.to_dict()["passes"] == list(ONNX_RECIPES["learned"])
-    # the default is `learned`; `toolkit` = its passes without the GPTQ fit, conv1's activations float, not its weights
+    assert onnx_learned.wide_5x5_inputs == 1.5
+    # the default is `learned`; `toolkit` = its passes without the GPTQ fit and the 5x5-reduce ranges as calibrated
     assert Int8Preset("onnx").settings() == onnx_learned
     assert Int8Preset("tflite").settings() == Int8Preset("tflite", "learned").settings()
     onnx_default = Int8Preset("onnx", "toolkit").settings()
-    assert onnx_default == replace(onnx_learned, rounding="nearest", recipe="toolkit", passes=ONNX_RECIPES["toolkit"])
+    toolkit = replace(onnx_learned, rounding="nearest", wide_5x5_inputs=1.0)
+    assert onnx_default == replace(toolkit, recipe="toolkit", passes=ONNX_RECIPES["toolkit"])
     assert Int8Preset("onnx", "plain").settings() == QuantizationConfig.arm64(calibration="minmax", recipe="plain")
     assert Int8Preset("tflite", "toolkit").settings() == TfliteInt8Config(float_logits=True)  # + hybrid classifier
     assert Int8Preset("tflite", "plain").settings() == TfliteInt8Config.plain()
-    assert Int8Preset("tflite", "learned").settings() == TfliteInt8Config(rounding="gptq", float_logits=True)
+    learned = TfliteInt8Config(rounding="gptq", float_logits=True, wide_5x5_inputs=1.5)
+    assert Int8Preset("tflite", "learned").settings() == learned
     assert Int8Preset("tflite", "learned").settings().to_dict()["passes"] == list(TFLITE_RECIPES["learned"])
 
 

@@ -105,7 +105,14 @@ def test_int8_drift_and_size(tflite_run) -> None:
         True, True, True, True,
     )  # fmt: skip
     # the default recipe is `learned`: the weights GPTQ-rounded onto TFLite's grid
-    assert recipe["passes"] == ["float-stem", "bias-correction", "pool-own-grid", "gptq-rounding", "hybrid-classifier"]
+    assert recipe["passes"] == [
+        "float-stem",
+        "bias-correction",
+        "pool-own-grid",
+        "gptq-rounding",
+        "hybrid-classifier",
+        "wide-5x5-inputs",
+    ]
     assert recipe["rounding"] == "gptq"
     assert "conv1 (float16 weights)" in recipe["kept_float"]
     assert "fc output (hybrid: int8 weights, float logits)" in recipe["kept_float"]
