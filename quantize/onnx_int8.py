@@ -39,7 +39,7 @@ from quantize.onnx_float import float_activations, tensors_around, tensors_read_
 from quantize.onnx_pools import keep_max_pools_float
 from quantize.onnx_weights import apply_rounding, with_model_stem
 from quantize.presets import QuantizationConfig, host_target
-from quantize.ranges import set_mse_ranges
+from quantize.ranges import inputs_of_5x5_convs, set_mse_ranges, share_concat_ranges, widen_ranges
 
 LAYER_REPORT_IMAGES = 4
 # What the int8 model shares with its FP32 parent: identity, inputs and labels (not its accuracy).
@@ -176,46 +176,6 @@ def _collect_in_parallel(calibrator, reader: OrtCalibrationReader, count: int) -
         for outputs in progress(runs, "Calibrating", total=len(feeds) or count):
             calibrator.intermediate_outputs.append(
                 [None if name in kept else value for name, value in zip(names, outputs, strict=True)]
-            )
-
-
-def inputs_of_5x5_convs(model: onnx.ModelProto) -> list[str]:
-    """The activation read by each Conv with a 5x5 kernel (in GoogLeNet, the 5x5-reduce outputs)."""
-    kernels = {t.name: tuple(t.dims) for t in model.graph.initializer}
-    return [
-        node.input[0]
-        for node in model.graph.node
-        if node.op_type == "Conv" and len(node.input) > 1 and kernels.get(node.input[1], ())[2:] == (5, 5)
-    ]
-
-
-def widen_ranges(ranges, names: list[str], factor: float) -> None:
-    """Each named tensor's calibrated range times `factor` (about zero: a ReLU output's stays [0, factor x max])."""
-    from onnxruntime.quantization.calibrate import TensorData
-
-    for name in names:
-        if name not in ranges:
-            raise ToolkitError(f"no calibrated range for {name!r} to widen")
-        low, high = (np.asarray(v) for v in ranges[name].range_value)
-        ranges[name] = TensorData(lowest=(low * factor).astype(low.dtype), highest=(high * factor).astype(high.dtype))
-
-
-def share_concat_ranges(model: onnx.ModelProto, ranges) -> None:
-    """Each Concat's inputs and output get the union of their calibrated ranges (see `shared_concat_ranges`)."""
-    from onnxruntime.quantization.calibrate import TensorData
-
-    for node in model.graph.node:
-        if node.op_type != "Concat":
-            continue
-        names = [n for n in (*node.input, *node.output) if n in ranges]
-        if len(names) < 2:
-            continue
-        low = min(float(np.min(ranges[n].range_value[0])) for n in names)
-        high = max(float(np.max(ranges[n].range_value[1])) for n in names)
-        for name in names:
-            old_low, old_high = (np.asarray(v) for v in ranges[name].range_value)
-            ranges[name] = TensorData(
-                lowest=np.full(old_low.shape, low, old_low.dtype), highest=np.full(old_high.shape, high, old_high.dtype)
             )
 
 

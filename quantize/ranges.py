@@ -1,4 +1,6 @@
-"""Activation ranges chosen to minimise each tensor's int8 error over the calibration images (MSE), not
+"""Activation ranges beyond plain min-max: MSE ranges, and ranges set by the graph's structure (below).
+
+MSE: activation ranges chosen to minimise each tensor's int8 error over the calibration images (MSE), not
 its raw minimum and maximum.
 
 With min-max, the one largest value among 100 photos sets the step for every value of that tensor; most
@@ -19,6 +21,7 @@ import numpy as np
 import onnx
 
 from edge_runtime.hostinfo import usable_cores
+from export.errors import ToolkitError
 from export.ui import progress
 
 BINS = 2048
@@ -102,3 +105,44 @@ def set_mse_ranges(pre: Path, ranges, reader, count: int) -> None:
     for name, (low, high) in chosen.items():
         old_low, old_high = (np.asarray(v) for v in ranges[name].range_value)
         ranges[name] = TensorData(lowest=np.array(low, old_low.dtype), highest=np.array(high, old_high.dtype))
+
+
+# -- ranges set by the graph's structure (the `wide-5x5-inputs` and `shared-concat-grid` passes) --------------
+def inputs_of_5x5_convs(model: onnx.ModelProto) -> list[str]:
+    """The activation read by each Conv with a 5x5 kernel (in GoogLeNet, the 5x5-reduce outputs)."""
+    kernels = {t.name: tuple(t.dims) for t in model.graph.initializer}
+    return [
+        node.input[0]
+        for node in model.graph.node
+        if node.op_type == "Conv" and len(node.input) > 1 and kernels.get(node.input[1], ())[2:] == (5, 5)
+    ]
+
+
+def widen_ranges(ranges, names: list[str], factor: float) -> None:
+    """Each named tensor's calibrated range times `factor` (about zero: a ReLU output's stays [0, factor x max])."""
+    from onnxruntime.quantization.calibrate import TensorData
+
+    for name in names:
+        if name not in ranges:
+            raise ToolkitError(f"no calibrated range for {name!r} to widen")
+        low, high = (np.asarray(v) for v in ranges[name].range_value)
+        ranges[name] = TensorData(lowest=(low * factor).astype(low.dtype), highest=(high * factor).astype(high.dtype))
+
+
+def share_concat_ranges(model: onnx.ModelProto, ranges) -> None:
+    """Each Concat's inputs and output get the union of their calibrated ranges (see `shared_concat_ranges`)."""
+    from onnxruntime.quantization.calibrate import TensorData
+
+    for node in model.graph.node:
+        if node.op_type != "Concat":
+            continue
+        names = [n for n in (*node.input, *node.output) if n in ranges]
+        if len(names) < 2:
+            continue
+        low = min(float(np.min(ranges[n].range_value[0])) for n in names)
+        high = max(float(np.max(ranges[n].range_value[1])) for n in names)
+        for name in names:
+            old_low, old_high = (np.asarray(v) for v in ranges[name].range_value)
+            ranges[name] = TensorData(
+                lowest=np.full(old_low.shape, low, old_low.dtype), highest=np.full(old_high.shape, high, old_high.dtype)
+            )

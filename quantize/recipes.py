@@ -29,5 +29,5 @@ def check_recipe(format_name: str, name: str) -> None:
 # The default: `learned` (GPTQ weight rounding) now that its fit is cheap enough (ONNX command 52-56 s against a
 # 60 s budget, TFLite ~100 s against 180, 2 cores of an AVX2 EPYC); five draws, mean / worst agreement: ONNX
 # 97.90 / 97.75% (toolkit) -> 98.95 / 98.50%, TFLite 98.50 / 97.75% -> 99.15 / 98.25% (docs/int8-fidelity.md).
-# `toolkit` is the same recipe without the fit.
+# `toolkit` is the same recipe without the fit (and without the wider 5x5 input ranges, chosen with the fit).
 DEFAULT_RECIPE = "learned"

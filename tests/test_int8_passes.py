@@ -576,9 +576,10 @@ def test_wide_5x5_inputs_widens_only_the_5x5_convs_input(tmp_path: Path) -> None
     """The pass gives the tensor a 5x5 conv reads exactly 1.5x its calibrated range (its int8 step 1.5x
     coarser) and leaves every other activation's range as it was."""
     from quantize.calibration import ArraySource
-    from quantize.onnx_int8 import inputs_of_5x5_convs, quantize_onnx
+    from quantize.onnx_int8 import quantize_onnx
     from quantize.passes import apply_passes
     from quantize.presets import ONNX_PASSES, WIDE_5X5_FACTOR, QuantizationConfig
+    from quantize.ranges import inputs_of_5x5_convs
 
     fp32 = _reduce_then_5x5(tmp_path / "five.onnx")
     assert inputs_of_5x5_convs(onnx.load(str(fp32))) == ["reduce_relu"]
