@@ -133,7 +133,8 @@ def calibrate(pre: Path, source: CalibrationSource, config: QuantizationConfig, 
     from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
 
     method, options = _calibration_method(config)
-    input_name = onnx.load(str(pre), load_external_data=False).graph.input[0].name
+    model = onnx.load(str(pre), load_external_data=False)
+    input_name = model.graph.input[0].name
     with _quiet_quantizer():
         calibrator = create_calibrator(
             pre,
@@ -150,9 +151,9 @@ def calibrate(pre: Path, source: CalibrationSource, config: QuantizationConfig, 
     if config.calibration == "mse":
         set_mse_ranges(pre, ranges, OrtCalibrationReader(source, input_name), count)
     if config.wide_5x5_inputs != 1.0:
-        widen_ranges(ranges, inputs_of_5x5_convs(onnx.load(str(pre), load_external_data=False)), config.wide_5x5_inputs)
+        widen_ranges(ranges, inputs_of_5x5_convs(model), config.wide_5x5_inputs)
     if config.shared_concat_ranges:
-        share_concat_ranges(onnx.load(str(pre), load_external_data=False), ranges)
+        share_concat_ranges(model, ranges)
     cache = workdir / "calibration.json"
     save_tensors_data(ranges, cache)
     return cache

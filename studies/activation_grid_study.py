@@ -28,14 +28,12 @@ import copy
 import json
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
 
-from benchmarks.int8_fidelity import _validation_split
 from export.weights import load_model
-from quantize.calibration import FolderSource
 from quantize.rounding import RoundingSettings, learned_rounding
+from studies.splits import validation_views
 
 BLOCKS = ("3a", "3b", "4a", "4b", "4c", "4d", "4e", "5a", "5b")
 NOT_SPLITTABLE = ("norm1", "norm2", "conv2")  # LRN outputs, and LRN's input: LRN mixes channels
@@ -119,9 +117,8 @@ def main() -> None:
     loaded = load_model(args.weights)
     cells = []
     for seed in args.seeds:
-        draw = FolderSource(args.calib, loaded.preprocess, size=100, seed=seed)
-        fit, held = _validation_split(draw, loaded, args.calib, 30, seed)
-        inputs = torch.from_numpy(np.concatenate([held.inputs, held.inputs[..., ::-1]]).copy())
+        fit, views = validation_views(loaded, args.calib, seed)
+        inputs = torch.from_numpy(views)
         reference = _logits(loaded.model.eval(), inputs)
         for weights in ("float", "gptq"):
             model = copy.deepcopy(loaded.model).eval()

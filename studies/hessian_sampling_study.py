@@ -20,10 +20,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from benchmarks.int8_fidelity import _validation_split
 from export.weights import load_model
-from quantize.calibration import FolderSource
 from quantize.rounding import RoundingSettings, learned_rounding
+from studies.splits import validation_views
 
 STEM = ("conv1.conv",)
 
@@ -46,10 +45,8 @@ def main() -> None:
     loaded = load_model(args.weights)
     cells = []
     for seed in args.seeds:
-        draw = FolderSource(args.calib, loaded.preprocess, size=100, seed=seed)
-        fit, held = _validation_split(draw, loaded, args.calib, 30, seed)
+        fit, inputs = validation_views(loaded, args.calib, seed)
         images = fit.array
-        inputs = np.concatenate([held.inputs, held.inputs[..., ::-1]]).copy()
         reference = _logits(loaded.model, inputs)
         for positions in args.positions:
             for fit_images in args.fit_images:
