@@ -1,0 +1,136 @@
+"""Would activation ranges taken per photo at run time (dynamic-range int8) beat calibrated ones? Validation splits.
+
+    python -m studies.dynamic_range_study --weights ../shared/weights/bvlc_googlenet.onnx \\
+        --calib ../shared/data/imagenet-sample --seeds 0 1 2 --out dynamic.json
+
+Calibrated (static) ranges clip unseen photos brighter than the calibration ones and waste steps on darker
+ones; a dynamic-range model quantizes each conv's input per photo from its own min and max (LiteRT's hybrid
+kernels, ONNX Runtime's DynamicQuantizeLinear), at the cost of float tensors between the convs. Per seed, the
+split of `studies.activation_grid_study` (GPTQ fitted on 70 photos, logit RMS on the other 30 and mirrors):
+
+- PyTorch fake-quant, GPTQ weights (conv1 float), at the `learned` recipe's activation points: static
+  (`reduce5-1.5`, today's recipe), dynamic [min, max] / 255, dynamic symmetric max / 127; then dynamic with
+  the image (conv1's input) and the classifier's input quantized too, as a hybrid model must;
+- the real thing: TFLite's dynamic-range converter (`--quantize dynamic`) on the GPTQ-rounded network,
+  run in LiteRT with its default XNNPACK delegate and with its built-in kernels.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+import json
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from export.weights import load_model
+from quantize.rounding import RoundingSettings, learned_rounding, rounded_copy
+from studies.activation_grid_study import _logits, instrument
+from studies.splits import validation_views
+
+
+def per_photo(levels: int):
+    """Fake-quant of each photo of a batch on its own [min(0, x), max(0, x)] range in `levels` steps."""
+
+    def quantize(x: torch.Tensor) -> torch.Tensor:
+        dims = tuple(range(1, x.dim()))
+        low = x.amin(dim=dims, keepdim=True).clamp(max=0) if levels == 255 else torch.zeros_like(x[:1])
+        high = x.amax(dim=dims, keepdim=True).clamp(min=0)
+        step = ((high - low) / levels).clamp(min=1e-12)
+        return torch.round((x - low) / step) * step + low
+
+    return quantize
+
+
+class Switch(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.quantize = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x if self.quantize is None else self.quantize(x)
+
+
+def fake_quant_cells(loaded, fit, inputs: torch.Tensor, reference: torch.Tensor, seed: int) -> list[dict]:
+    model = copy.deepcopy(loaded.model).eval()
+    learned_rounding(model, fit.array, RoundingSettings(method="gptq"), ("conv1.conv",))
+    points = instrument(model)
+    _logits(model, torch.from_numpy(fit.array))
+    image, features = Switch(), Switch()
+    model.conv1, model.fc = nn.Sequential(image, model.conv1), nn.Sequential(features, model.fc)
+    cells = []
+
+    def measure(name: str) -> None:
+        rms = float((_logits(model, inputs) - reference).pow(2).mean().sqrt())
+        cells.append({"seed": seed, "model": name, "runtime": "pytorch fake-quant", "logit_rms": rms})
+        print(json.dumps(cells[-1]), flush=True)
+
+    for point in points:
+        point.observing = False
+        point.set_grid("reduce5-1.5")
+    measure("static (learned)")
+    for levels, name in ((255, "dynamic [min, max] / 255"), (127, "dynamic symmetric max / 127")):
+        for point in points:
+            point.forward = per_photo(levels)
+        measure(name)
+    for point in points:
+        point.forward = per_photo(255)
+    image.quantize = features.quantize = per_photo(255)
+    measure("dynamic / 255, image and classifier input too")
+    return cells
+
+
+def litert_cells(loaded, fit, views: np.ndarray, reference: np.ndarray, seed: int) -> list[dict]:
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+    from quantize.tflite_quant import convert
+
+    model, _ = rounded_copy(loaded.model, fit.array, RoundingSettings(method="gptq"), ())
+    cells = []
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "dynamic.tflite"
+        path.write_bytes(convert(dataclasses.replace(loaded, model=model), "dynamic", "float32", None))
+        for resolver in (OpResolverType.AUTO, OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES):
+            interpreter = Interpreter(model_path=str(path), experimental_op_resolver_type=resolver, num_threads=2)
+            source, sink = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
+            interpreter.resize_tensor_input(source["index"], [1, *views.shape[2:], views.shape[1]])
+            interpreter.allocate_tensors()
+            logits = []
+            for photo in views.transpose(0, 2, 3, 1):
+                interpreter.set_tensor(source["index"], photo[None].astype(np.float32))
+                interpreter.invoke()
+                logits.append(interpreter.get_tensor(sink["index"])[0])
+            rms = float(np.sqrt(np.mean((np.asarray(logits) - reference) ** 2)))
+            kernels = "XNNPACK" if resolver == OpResolverType.AUTO else "built-in kernels"
+            cells.append({"seed": seed, "model": "TFLite dynamic-range, GPTQ", "runtime": f"LiteRT {kernels}",
+                          "logit_rms": rms})  # fmt: skip
+            print(json.dumps(cells[-1]), flush=True)
+    return cells
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--weights", type=Path, required=True)
+    parser.add_argument("--calib", type=Path, required=True)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args()
+    torch.set_num_threads(2)
+    loaded = load_model(args.weights)
+    cells = []
+    for seed in args.seeds:
+        fit, views = validation_views(loaded, args.calib, seed)
+        inputs = torch.from_numpy(views)
+        reference = _logits(loaded.model.eval(), inputs)
+        cells += fake_quant_cells(loaded, fit, inputs, reference, seed)
+        cells += litert_cells(loaded, fit, views, reference.numpy(), seed)
+    args.out.write_text(json.dumps({"cells": cells}, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
