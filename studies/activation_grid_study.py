@@ -101,6 +101,15 @@ def instrument(model: nn.Module) -> list[FakeQuant]:
     return points
 
 
+def calibrated_points(model: nn.Module, images: torch.Tensor) -> list[FakeQuant]:
+    """`instrument(model)` with every point's ranges observed on `images`; set a grid before measuring."""
+    points = instrument(model)
+    _logits(model, images)
+    for point in points:
+        point.observing = False
+    return points
+
+
 def _logits(model: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
     with torch.no_grad():
         return torch.cat([model(inputs[i : i + 20]) for i in range(0, len(inputs), 20)])
@@ -124,10 +133,7 @@ def main() -> None:
             model = copy.deepcopy(loaded.model).eval()
             if weights == "gptq":
                 learned_rounding(model, fit.array, RoundingSettings(method="gptq"), ("conv1.conv",))
-            points = instrument(model)
-            _logits(model, torch.from_numpy(fit.array))
-            for point in points:
-                point.observing = False
+            points = calibrated_points(model, torch.from_numpy(fit.array))
             grids = (*GRIDS, *HEADROOM) if weights == "float" else ("tensor", "tensor-noclip", *HEADROOM, *FIVE_BY_FIVE)
             for grid in grids:
                 extra = sum(point.set_grid(grid) for point in points)

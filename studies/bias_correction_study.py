@@ -15,18 +15,16 @@ is partly its upstream's, corrected twice; measured 0.044 -> 0.048 -> 0.068 -> 0
 
 from __future__ import annotations
 
-import argparse
 import copy
 import json
-from pathlib import Path
 
 import torch
 from torch import nn
 
 from export.weights import load_model
 from quantize.rounding import RoundingSettings, learned_rounding, quantized_layers
-from studies.activation_grid_study import _logits, instrument
-from studies.splits import validation_views
+from studies.activation_grid_study import _logits, calibrated_points
+from studies.splits import split_study_parser, validation_views
 
 
 @torch.no_grad()
@@ -64,12 +62,8 @@ def depth_groups(layers: dict[str, nn.Module]) -> list[list[str]]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--weights", type=Path, required=True)
-    parser.add_argument("--calib", type=Path, required=True)
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser = split_study_parser(__doc__)
     parser.add_argument("--rounds", type=int, default=1)
-    parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
     torch.set_num_threads(2)
     loaded = load_model(args.weights)
@@ -84,10 +78,7 @@ def main() -> None:
         model = copy.deepcopy(loaded.model).eval()
         learned_rounding(model, fit.array, RoundingSettings(method="gptq"), skip)
         layers = quantized_layers(model, skip)
-        points = instrument(model)
-        _logits(model, fit_inputs)
-        for point in points:
-            point.observing = False
+        for point in calibrated_points(model, fit_inputs):
             point.set_grid("reduce5-1.5")
         for round_ in range(args.rounds + 1):
             out = _logits(model, inputs)

@@ -17,7 +17,6 @@ split of `studies.activation_grid_study` (GPTQ fitted on 70 photos, logit RMS on
 
 from __future__ import annotations
 
-import argparse
 import copy
 import dataclasses
 import json
@@ -30,8 +29,8 @@ from torch import nn
 
 from export.weights import load_model
 from quantize.rounding import RoundingSettings, learned_rounding, rounded_copy
-from studies.activation_grid_study import _logits, instrument
-from studies.splits import validation_views
+from studies.activation_grid_study import _logits, calibrated_points
+from studies.splits import split_study_parser, validation_views
 
 
 def per_photo(levels: int):
@@ -59,8 +58,7 @@ class Switch(nn.Module):
 def fake_quant_cells(loaded, fit, inputs: torch.Tensor, reference: torch.Tensor, seed: int) -> list[dict]:
     model = copy.deepcopy(loaded.model).eval()
     learned_rounding(model, fit.array, RoundingSettings(method="gptq"), ("conv1.conv",))
-    points = instrument(model)
-    _logits(model, torch.from_numpy(fit.array))
+    points = calibrated_points(model, torch.from_numpy(fit.array))
     image, features = Switch(), Switch()
     model.conv1, model.fc = nn.Sequential(image, model.conv1), nn.Sequential(features, model.fc)
     cells = []
@@ -71,7 +69,6 @@ def fake_quant_cells(loaded, fit, inputs: torch.Tensor, reference: torch.Tensor,
         print(json.dumps(cells[-1]), flush=True)
 
     for point in points:
-        point.observing = False
         point.set_grid("reduce5-1.5")
     measure("static (learned)")
     for levels, name in ((255, "dynamic [min, max] / 255"), (127, "dynamic symmetric max / 127")):
@@ -114,11 +111,7 @@ def litert_cells(loaded, fit, views: np.ndarray, reference: np.ndarray, seed: in
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--weights", type=Path, required=True)
-    parser.add_argument("--calib", type=Path, required=True)
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--out", type=Path, required=True)
+    parser = split_study_parser(__doc__)
     args = parser.parse_args()
     torch.set_num_threads(2)
     loaded = load_model(args.weights)

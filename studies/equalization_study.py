@@ -19,18 +19,16 @@ Per seed, the split of `studies.activation_grid_study` (ranges and fit from 70 p
 
 from __future__ import annotations
 
-import argparse
 import copy
 import json
-from pathlib import Path
 
 import torch
 from torch import nn
 
 from export.weights import load_model
 from quantize.rounding import RoundingSettings, learned_rounding
-from studies.activation_grid_study import BLOCKS, _logits, instrument
-from studies.splits import validation_views
+from studies.activation_grid_study import BLOCKS, _logits, calibrated_points, instrument
+from studies.splits import split_study_parser, validation_views
 
 
 def scaling_pairs(model: nn.Module, concat: bool = True) -> dict[str, tuple[list, list]]:
@@ -81,15 +79,11 @@ def equalize(model: nn.Module, maxima: dict[str, torch.Tensor], alpha: float, ca
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--weights", type=Path, required=True)
-    parser.add_argument("--calib", type=Path, required=True)
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser = split_study_parser(__doc__)
     parser.add_argument("--alphas", type=float, nargs="+", default=[0.0, 0.25, 0.5])
     parser.add_argument("--cap", type=float, default=8.0)
     parser.add_argument("--grids", nargs="+", default=["tensor", "reduce5-1.5"])
     parser.add_argument("--concat", choices=("both", "yes", "no"), default="both")
-    parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
     torch.set_num_threads(2)
     loaded = load_model(args.weights)
@@ -107,10 +101,7 @@ def main() -> None:
                 floats = float((_logits(model, inputs) - reference).pow(2).mean().sqrt())
                 learned_rounding(model, fit.array, RoundingSettings(method="gptq"), ("conv1.conv",))
                 weights_only = float((_logits(model, inputs) - reference).pow(2).mean().sqrt())
-                points = instrument(model)
-                _logits(model, fit_inputs)
-                for point in points:
-                    point.observing = False
+                points = calibrated_points(model, fit_inputs)
                 for grid in args.grids:
                     for point in points:
                         point.set_grid(grid)

@@ -11,26 +11,20 @@ the other 30 and their mirror images); GPTQ and the ranges each from the 70 phot
 
 from __future__ import annotations
 
-import argparse
 import copy
 import json
-from pathlib import Path
 
 import numpy as np
 import torch
 
 from export.weights import load_model
 from quantize.rounding import RoundingSettings, learned_rounding
-from studies.activation_grid_study import _logits, instrument
-from studies.splits import validation_views
+from studies.activation_grid_study import _logits, calibrated_points
+from studies.splits import split_study_parser, validation_views
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--weights", type=Path, required=True)
-    parser.add_argument("--calib", type=Path, required=True)
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--out", type=Path, required=True)
+    parser = split_study_parser(__doc__)
     args = parser.parse_args()
     torch.set_num_threads(2)
     loaded = load_model(args.weights)
@@ -47,10 +41,7 @@ def main() -> None:
             fitted = both if gptq_on == "mirrored" else photos
             learned_rounding(model, fitted, RoundingSettings(method="gptq"), ("conv1.conv",))
             weights_only = float((_logits(model, inputs) - reference).pow(2).mean().sqrt())
-            points = instrument(model)
-            _logits(model, torch.from_numpy(both if ranges_on == "mirrored" else photos))
-            for point in points:
-                point.observing = False
+            points = calibrated_points(model, torch.from_numpy(both if ranges_on == "mirrored" else photos))
             for grid in ("tensor", "reduce5-1.5"):
                 for point in points:
                     point.set_grid(grid)

@@ -2,12 +2,23 @@
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
 import numpy as np
 
 from benchmarks.int8_fidelity import _validation_split
 from quantize.calibration import ArraySource, FolderSource
+
+
+def split_study_parser(doc: str) -> argparse.ArgumentParser:
+    """The arguments of every study on validation splits: weights, photos, draw seeds, the JSON to write."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--weights", type=Path, required=True)
+    parser.add_argument("--calib", type=Path, required=True)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--out", type=Path, required=True)
+    return parser
 
 
 def validation_views(loaded, calib: Path, seed: int, count: int = 30) -> tuple[ArraySource, np.ndarray]:
