@@ -23,17 +23,14 @@ float or GPTQ-rounded. Grids:
 
 from __future__ import annotations
 
-import argparse
 import copy
-import json
-from pathlib import Path
 
 import torch
 from torch import nn
 
 from export.weights import load_model
 from quantize.rounding import RoundingSettings, learned_rounding
-from studies.splits import validation_views
+from studies.splits import Cells, logit_rms, logits, split_study_parser, study_splits
 
 BLOCKS = ("3a", "3b", "4a", "4b", "4c", "4d", "4e", "5a", "5b")
 NOT_SPLITTABLE = ("norm1", "norm2", "conv2")  # LRN outputs, and LRN's input: LRN mixes channels
@@ -104,51 +101,28 @@ def instrument(model: nn.Module) -> list[FakeQuant]:
 def calibrated_points(model: nn.Module, images: torch.Tensor) -> list[FakeQuant]:
     """`instrument(model)` with every point's ranges observed on `images`; set a grid before measuring."""
     points = instrument(model)
-    _logits(model, images)
+    logits(model, images)
     for point in points:
         point.observing = False
     return points
 
 
-def _logits(model: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
-    with torch.no_grad():
-        return torch.cat([model(inputs[i : i + 20]) for i in range(0, len(inputs), 20)])
-
-
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--weights", type=Path, required=True)
-    parser.add_argument("--calib", type=Path, required=True)
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--out", type=Path, required=True)
-    args = parser.parse_args()
-    torch.set_num_threads(2)
+    args = split_study_parser(__doc__).parse_args()
     loaded = load_model(args.weights)
-    cells = []
-    for seed in args.seeds:
-        fit, views = validation_views(loaded, args.calib, seed)
-        inputs = torch.from_numpy(views)
-        reference = _logits(loaded.model.eval(), inputs)
+    cells = Cells()
+    for split in study_splits(loaded, args):
         for weights in ("float", "gptq"):
             model = copy.deepcopy(loaded.model).eval()
             if weights == "gptq":
-                learned_rounding(model, fit.array, RoundingSettings(method="gptq"), ("conv1.conv",))
-            points = calibrated_points(model, torch.from_numpy(fit.array))
+                learned_rounding(model, split.fit.array, RoundingSettings(method="gptq"), ("conv1.conv",))
+            points = calibrated_points(model, torch.from_numpy(split.fit.array))
             grids = (*GRIDS, *HEADROOM) if weights == "float" else ("tensor", "tensor-noclip", *HEADROOM, *FIVE_BY_FIVE)
             for grid in grids:
                 extra = sum(point.set_grid(grid) for point in points)
-                out = _logits(model, inputs)
-                cells.append(
-                    {
-                        "seed": seed,
-                        "weights": weights,
-                        "grid": grid,
-                        "logit_rms": float((out - reference).pow(2).mean().sqrt()),
-                        "extra_channels": extra,
-                    }
-                )
-                print(json.dumps(cells[-1]), flush=True)
-    args.out.write_text(json.dumps({"cells": cells}, indent=1) + "\n")
+                rms = logit_rms(logits(model, split.inputs), split.reference)
+                cells.add(seed=split.seed, weights=weights, grid=grid, logit_rms=rms, extra_channels=extra)
+    cells.write(args.out)
 
 
 if __name__ == "__main__":

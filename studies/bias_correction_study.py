@@ -16,15 +16,14 @@ is partly its upstream's, corrected twice; measured 0.044 -> 0.048 -> 0.068 -> 0
 from __future__ import annotations
 
 import copy
-import json
 
 import torch
 from torch import nn
 
 from export.weights import load_model
 from quantize.rounding import RoundingSettings, learned_rounding, quantized_layers
-from studies.activation_grid_study import _logits, calibrated_points
-from studies.splits import split_study_parser, validation_views
+from studies.activation_grid_study import calibrated_points
+from studies.splits import Cells, logit_rms, logits, split_study_parser, study_splits
 
 
 @torch.no_grad()
@@ -43,7 +42,7 @@ def output_means(model: nn.Module, layers: dict[str, nn.Module], images: torch.T
 
     handles = [module.register_forward_hook(hook(name)) for name, module in layers.items()]
     try:
-        _logits(model, images)
+        logits(model, images)
     finally:
         for handle in handles:
             handle.remove()
@@ -65,25 +64,20 @@ def main() -> None:
     parser = split_study_parser(__doc__)
     parser.add_argument("--rounds", type=int, default=1)
     args = parser.parse_args()
-    torch.set_num_threads(2)
     loaded = load_model(args.weights)
-    cells = []
-    for seed in args.seeds:
-        fit, views = validation_views(loaded, args.calib, seed)
-        inputs, fit_inputs = torch.from_numpy(views), torch.from_numpy(fit.array)
+    cells = Cells()
+    skip = ("conv1.conv",)
+    for split in study_splits(loaded, args):
+        fit_inputs = torch.from_numpy(split.fit.array)
         reference_model = loaded.model.eval()
-        reference = _logits(reference_model, inputs)
-        skip = ("conv1.conv",)
         target = output_means(reference_model, quantized_layers(reference_model, skip), fit_inputs)
         model = copy.deepcopy(loaded.model).eval()
-        learned_rounding(model, fit.array, RoundingSettings(method="gptq"), skip)
+        learned_rounding(model, split.fit.array, RoundingSettings(method="gptq"), skip)
         layers = quantized_layers(model, skip)
         for point in calibrated_points(model, fit_inputs):
             point.set_grid("reduce5-1.5")
         for round_ in range(args.rounds + 1):
-            out = _logits(model, inputs)
-            cells.append({"seed": seed, "rounds": round_, "logit_rms": float((out - reference).pow(2).mean().sqrt())})
-            print(json.dumps(cells[-1]), flush=True)
+            cells.add(seed=split.seed, rounds=round_, logit_rms=logit_rms(logits(model, split.inputs), split.reference))
             if round_ == args.rounds:
                 break
             for group in depth_groups(layers):  # sequential: each group sees its upstream already corrected
@@ -91,7 +85,7 @@ def main() -> None:
                 with torch.no_grad():
                     for name in group:
                         layers[name].bias.add_((target[name] - means[name]).float())
-    args.out.write_text(json.dumps({"cells": cells}, indent=1) + "\n")
+    cells.write(args.out)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import json
 import tempfile
 from pathlib import Path
 
@@ -29,8 +28,8 @@ from torch import nn
 
 from export.weights import load_model
 from quantize.rounding import RoundingSettings, learned_rounding, rounded_copy
-from studies.activation_grid_study import _logits, calibrated_points
-from studies.splits import split_study_parser, validation_views
+from studies.activation_grid_study import calibrated_points
+from studies.splits import Cells, Split, logit_rms, logits, split_study_parser, study_splits
 
 
 def per_photo(levels: int):
@@ -55,18 +54,16 @@ class Switch(nn.Module):
         return x if self.quantize is None else self.quantize(x)
 
 
-def fake_quant_cells(loaded, fit, inputs: torch.Tensor, reference: torch.Tensor, seed: int) -> list[dict]:
+def fake_quant_cells(loaded, split: Split, cells: Cells) -> None:
     model = copy.deepcopy(loaded.model).eval()
-    learned_rounding(model, fit.array, RoundingSettings(method="gptq"), ("conv1.conv",))
-    points = calibrated_points(model, torch.from_numpy(fit.array))
+    learned_rounding(model, split.fit.array, RoundingSettings(method="gptq"), ("conv1.conv",))
+    points = calibrated_points(model, torch.from_numpy(split.fit.array))
     image, features = Switch(), Switch()
     model.conv1, model.fc = nn.Sequential(image, model.conv1), nn.Sequential(features, model.fc)
-    cells = []
 
     def measure(name: str) -> None:
-        rms = float((_logits(model, inputs) - reference).pow(2).mean().sqrt())
-        cells.append({"seed": seed, "model": name, "runtime": "pytorch fake-quant", "logit_rms": rms})
-        print(json.dumps(cells[-1]), flush=True)
+        rms = logit_rms(logits(model, split.inputs), split.reference)
+        cells.add(seed=split.seed, model=name, runtime="pytorch fake-quant", logit_rms=rms)
 
     for point in points:
         point.set_grid("reduce5-1.5")
@@ -79,16 +76,15 @@ def fake_quant_cells(loaded, fit, inputs: torch.Tensor, reference: torch.Tensor,
         point.forward = per_photo(255)
     image.quantize = features.quantize = per_photo(255)
     measure("dynamic / 255, image and classifier input too")
-    return cells
 
 
-def litert_cells(loaded, fit, views: np.ndarray, reference: np.ndarray, seed: int) -> list[dict]:
+def litert_cells(loaded, split: Split, cells: Cells) -> None:
     from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
     from quantize.tflite_quant import convert
 
-    model, _ = rounded_copy(loaded.model, fit.array, RoundingSettings(method="gptq"), ())
-    cells = []
+    model, _ = rounded_copy(loaded.model, split.fit.array, RoundingSettings(method="gptq"), ())
+    views, reference = split.views, split.reference.numpy()
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "dynamic.tflite"
         path.write_bytes(convert(dataclasses.replace(loaded, model=model), "dynamic", "float32", None))
@@ -97,32 +93,24 @@ def litert_cells(loaded, fit, views: np.ndarray, reference: np.ndarray, seed: in
             source, sink = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
             interpreter.resize_tensor_input(source["index"], [1, *views.shape[2:], views.shape[1]])
             interpreter.allocate_tensors()
-            logits = []
+            outputs = []
             for photo in views.transpose(0, 2, 3, 1):
                 interpreter.set_tensor(source["index"], photo[None].astype(np.float32))
                 interpreter.invoke()
-                logits.append(interpreter.get_tensor(sink["index"])[0])
-            rms = float(np.sqrt(np.mean((np.asarray(logits) - reference) ** 2)))
+                outputs.append(interpreter.get_tensor(sink["index"])[0])
+            rms = float(np.sqrt(np.mean((np.asarray(outputs) - reference) ** 2)))
             kernels = "XNNPACK" if resolver == OpResolverType.AUTO else "built-in kernels"
-            cells.append({"seed": seed, "model": "TFLite dynamic-range, GPTQ", "runtime": f"LiteRT {kernels}",
-                          "logit_rms": rms})  # fmt: skip
-            print(json.dumps(cells[-1]), flush=True)
-    return cells
+            cells.add(seed=split.seed, model="TFLite dynamic-range, GPTQ", runtime=f"LiteRT {kernels}", logit_rms=rms)
 
 
 def main() -> None:
-    parser = split_study_parser(__doc__)
-    args = parser.parse_args()
-    torch.set_num_threads(2)
+    args = split_study_parser(__doc__).parse_args()
     loaded = load_model(args.weights)
-    cells = []
-    for seed in args.seeds:
-        fit, views = validation_views(loaded, args.calib, seed)
-        inputs = torch.from_numpy(views)
-        reference = _logits(loaded.model.eval(), inputs)
-        cells += fake_quant_cells(loaded, fit, inputs, reference, seed)
-        cells += litert_cells(loaded, fit, views, reference.numpy(), seed)
-    args.out.write_text(json.dumps({"cells": cells}, indent=1) + "\n")
+    cells = Cells()
+    for split in study_splits(loaded, args):
+        fake_quant_cells(loaded, split, cells)
+        litert_cells(loaded, split, cells)
+    cells.write(args.out)
 
 
 if __name__ == "__main__":

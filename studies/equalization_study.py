@@ -20,15 +20,14 @@ Per seed, the split of `studies.activation_grid_study` (ranges and fit from 70 p
 from __future__ import annotations
 
 import copy
-import json
 
 import torch
 from torch import nn
 
 from export.weights import load_model
 from quantize.rounding import RoundingSettings, learned_rounding
-from studies.activation_grid_study import BLOCKS, _logits, calibrated_points, instrument
-from studies.splits import split_study_parser, validation_views
+from studies.activation_grid_study import BLOCKS, calibrated_points, instrument
+from studies.splits import Cells, logit_rms, logits, split_study_parser, study_splits
 
 
 def scaling_pairs(model: nn.Module, concat: bool = True) -> dict[str, tuple[list, list]]:
@@ -57,7 +56,7 @@ def scaling_pairs(model: nn.Module, concat: bool = True) -> dict[str, tuple[list
 def channel_maxima(model: nn.Module, images: torch.Tensor) -> dict[str, torch.Tensor]:
     probe = copy.deepcopy(model).eval()
     points = instrument(probe)
-    _logits(probe, images)
+    logits(probe, images)
     return {point.name: point.channel_max for point in points}
 
 
@@ -85,40 +84,27 @@ def main() -> None:
     parser.add_argument("--grids", nargs="+", default=["tensor", "reduce5-1.5"])
     parser.add_argument("--concat", choices=("both", "yes", "no"), default="both")
     args = parser.parse_args()
-    torch.set_num_threads(2)
     loaded = load_model(args.weights)
-    cells = []
-    for seed in args.seeds:
-        fit, views = validation_views(loaded, args.calib, seed)
-        inputs, fit_inputs = torch.from_numpy(views), torch.from_numpy(fit.array)
-        reference = _logits(loaded.model.eval(), inputs)
+    cells = Cells()
+    for split in study_splits(loaded, args):
+        fit_inputs = torch.from_numpy(split.fit.array)
         maxima = channel_maxima(loaded.model, fit_inputs)
         for alpha in args.alphas:
             choices = {"both": (False, True), "yes": (True,), "no": (False,)}[args.concat]
             for concat in choices if alpha else (False,):
                 model = copy.deepcopy(loaded.model).eval()
                 equalize(model, maxima, alpha, args.cap, concat)
-                floats = float((_logits(model, inputs) - reference).pow(2).mean().sqrt())
-                learned_rounding(model, fit.array, RoundingSettings(method="gptq"), ("conv1.conv",))
-                weights_only = float((_logits(model, inputs) - reference).pow(2).mean().sqrt())
+                floats = logit_rms(logits(model, split.inputs), split.reference)
+                learned_rounding(model, split.fit.array, RoundingSettings(method="gptq"), ("conv1.conv",))
+                weights_only = logit_rms(logits(model, split.inputs), split.reference)
                 points = calibrated_points(model, fit_inputs)
                 for grid in args.grids:
                     for point in points:
                         point.set_grid(grid)
-                    out = _logits(model, inputs)
-                    cells.append(
-                        {
-                            "seed": seed,
-                            "alpha": alpha,
-                            "concat": concat,
-                            "grid": grid,
-                            "float_change": floats,
-                            "weights_only": weights_only,
-                            "logit_rms": float((out - reference).pow(2).mean().sqrt()),
-                        }
-                    )
-                    print(json.dumps(cells[-1]), flush=True)
-    args.out.write_text(json.dumps({"cells": cells}, indent=1) + "\n")
+                    rms = logit_rms(logits(model, split.inputs), split.reference)
+                    cells.add(seed=split.seed, alpha=alpha, concat=concat, grid=grid, float_change=floats,
+                              weights_only=weights_only, logit_rms=rms)  # fmt: skip
+    cells.write(args.out)
 
 
 if __name__ == "__main__":

@@ -12,52 +12,37 @@ the other 30 and their mirror images); GPTQ and the ranges each from the 70 phot
 from __future__ import annotations
 
 import copy
-import json
 
 import numpy as np
 import torch
 
 from export.weights import load_model
 from quantize.rounding import RoundingSettings, learned_rounding
-from studies.activation_grid_study import _logits, calibrated_points
-from studies.splits import split_study_parser, validation_views
+from studies.activation_grid_study import calibrated_points
+from studies.splits import Cells, logit_rms, logits, split_study_parser, study_splits
 
 
 def main() -> None:
-    parser = split_study_parser(__doc__)
-    args = parser.parse_args()
-    torch.set_num_threads(2)
+    args = split_study_parser(__doc__).parse_args()
     loaded = load_model(args.weights)
-    cells = []
-    for seed in args.seeds:
-        fit, views = validation_views(loaded, args.calib, seed)
-        inputs = torch.from_numpy(views)
-        reference = _logits(loaded.model.eval(), inputs)
-        photos = fit.array
+    cells = Cells()
+    for split in study_splits(loaded, args):
+        photos = split.fit.array
         both = np.concatenate([photos, photos[..., ::-1]]).copy()
         for gptq_on, ranges_on in (("photos", "photos"), ("photos", "mirrored"), ("mirrored", "photos"),
                                    ("mirrored", "mirrored")):  # fmt: skip
             model = copy.deepcopy(loaded.model).eval()
             fitted = both if gptq_on == "mirrored" else photos
             learned_rounding(model, fitted, RoundingSettings(method="gptq"), ("conv1.conv",))
-            weights_only = float((_logits(model, inputs) - reference).pow(2).mean().sqrt())
+            weights_only = logit_rms(logits(model, split.inputs), split.reference)
             points = calibrated_points(model, torch.from_numpy(both if ranges_on == "mirrored" else photos))
             for grid in ("tensor", "reduce5-1.5"):
                 for point in points:
                     point.set_grid(grid)
-                out = _logits(model, inputs)
-                cells.append(
-                    {
-                        "seed": seed,
-                        "gptq": gptq_on,
-                        "ranges": ranges_on,
-                        "grid": grid,
-                        "weights_only": weights_only,
-                        "logit_rms": float((out - reference).pow(2).mean().sqrt()),
-                    }
-                )
-                print(json.dumps(cells[-1]), flush=True)
-    args.out.write_text(json.dumps({"cells": cells}, indent=1) + "\n")
+                rms = logit_rms(logits(model, split.inputs), split.reference)
+                cells.add(seed=split.seed, gptq=gptq_on, ranges=ranges_on, grid=grid, weights_only=weights_only,
+                          logit_rms=rms)  # fmt: skip
+    cells.write(args.out)
 
 
 if __name__ == "__main__":

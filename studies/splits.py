@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from benchmarks.int8_fidelity import _validation_split
 from quantize.calibration import ArraySource, FolderSource
@@ -28,3 +32,43 @@ def validation_views(loaded, calib: Path, seed: int, count: int = 30) -> tuple[A
     draw = FolderSource(calib, loaded.preprocess, size=100, seed=seed)
     fit, held = _validation_split(draw, loaded, calib, count, seed)
     return fit, np.concatenate([held.inputs, held.inputs[..., ::-1]]).copy()
+
+
+@dataclass(frozen=True)
+class Split:
+    """One draw as a study measures it: the photos to fit on, the held-out views and FP32's logits of them."""
+
+    seed: int
+    fit: ArraySource
+    views: np.ndarray  # NCHW, the held-out photos then their mirror images
+    inputs: torch.Tensor  # `views` as a tensor
+    reference: torch.Tensor  # FP32 logits of `inputs`
+
+
+def logits(model: torch.nn.Module, inputs: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return torch.cat([model(inputs[i : i + 20]) for i in range(0, len(inputs), 20)])
+
+
+def logit_rms(out: torch.Tensor, reference: torch.Tensor) -> float:
+    return float((out - reference).pow(2).mean().sqrt())
+
+
+def study_splits(loaded, args: argparse.Namespace) -> Iterator[Split]:
+    """Each of `args.seeds` split by `validation_views`, on two torch threads (the studies' 2-core budget)."""
+    torch.set_num_threads(2)
+    for seed in args.seeds:
+        fit, views = validation_views(loaded, args.calib, seed)
+        inputs = torch.from_numpy(views)
+        yield Split(seed, fit, views, inputs, logits(loaded.model.eval(), inputs))
+
+
+class Cells(list):
+    """A study's results: each printed as one JSON line when added, all written as `{"cells": [...]}`."""
+
+    def add(self, **cell) -> None:
+        self.append(cell)
+        print(json.dumps(cell), flush=True)
+
+    def write(self, path: Path) -> None:
+        path.write_text(json.dumps({"cells": self}, indent=1) + "\n")
