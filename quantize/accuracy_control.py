@@ -2,10 +2,12 @@
 the int8 model meets the budget on validation photos (never the evaluation photos).
 
 In the spirit of NNCF's `quantize_with_accuracy_control`: rank the quantized activations by how much
-keeping each one alone in float lowers the logit error against FP32 (a continuous score, so a ranking
-exists even where agreement does not move), then keep the top k float, for the smallest k whose model
-meets the budget (k doubled until it does, then halved back by bisection). Weights stay int8, so the
-file does not grow; the cost is the convolutions that now compute in float, reported in MACs.
+keeping each in float lowers the logit error against FP32 (a continuous score, so a ranking exists even
+where agreement does not move), then keep the top k float, for the smallest k whose model meets the budget
+(k doubled until it does, then halved back by bisection). Activations that share one grid through a node
+(`grid_groups`: a MaxPool's input and output, a Concat's inputs and output) are ranked and kept as one:
+alone, each would score next to nothing, the others still rounding its values on the same grid. Weights
+stay int8, so the file does not grow; the cost is the convolutions that now compute in float, in MACs.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import onnx
 from edge_runtime.formats import OnnxSession
 from export.evaluation import EvalSet, accuracy, fidelity, round_floats
 from export.ui import progress, step
-from quantize.onnx_float import float_activations, floatable_activations
+from quantize.onnx_float import float_activations, floatable_activations, grid_groups
 
 RANKING_IMAGES = 16  # images each candidate is scored on; the budget itself is checked on all of them
 
@@ -75,16 +77,25 @@ def float_macs(model: onnx.ModelProto, macs_by_node: dict[str, int]) -> int:
     return total
 
 
-def rank_activations(model: onnx.ModelProto, images: np.ndarray, reference: np.ndarray) -> list[tuple[str, float]]:
-    """Each quantized activation with the logit mean-square error removed by keeping it alone in float,
-    largest first (ties broken by name, so the order is reproducible)."""
+def candidates(model: onnx.ModelProto) -> list[tuple[str, ...]]:
+    """The groups of activations that can be kept float together (`grid_groups`, floatable members only)."""
+    floatable = set(floatable_activations(model))
+    groups = ([name for name in group if name in floatable] for group in grid_groups(model))
+    return [tuple(group) for group in groups if group]
+
+
+def rank_activations(
+    model: onnx.ModelProto, images: np.ndarray, reference: np.ndarray
+) -> list[tuple[tuple[str, ...], float]]:
+    """Each candidate group with the logit mean-square error removed by keeping it (alone) in float, largest
+    first (ties broken by name, so the order is reproducible)."""
     base = float(np.mean((logits_of(model, images) - reference) ** 2))
     scores = []
-    for name in progress(floatable_activations(model), "Ranking activations"):
+    for group in progress(candidates(model), "Ranking activations"):
         trial = onnx.ModelProto()
         trial.CopyFrom(model)
-        float_activations(trial, [name])
-        scores.append((name, base - float(np.mean((logits_of(trial, images) - reference) ** 2))))
+        float_activations(trial, group)
+        scores.append((group, base - float(np.mean((logits_of(trial, images) - reference) ** 2))))
     return sorted(scores, key=lambda item: (-item[1], item[0]))
 
 
@@ -99,19 +110,25 @@ def keep_float_until(
     """The model with the fewest top-ranked activations kept float that meets `budget` on `images`."""
     reference = logits_of(fp32, images)
     start = judge(reference, logits_of(model, images), labels)
-    report: dict = {"budget": asdict(budget), "validation_images": len(images), "before": start, "kept_float": []}
+    report: dict = {
+        "budget": asdict(budget),
+        "validation_images": len(images),
+        "before": start,
+        "kept_float": [],
+        "kept_groups": [],
+    }
     macs = macs_by_node or {}
     report["float_macs_before"] = float_macs(model, macs)
     if budget.holds(start):
         unchanged = report["float_macs_before"]
         return model, {**report, "after": start, "met": True, "float_macs_after": unchanged, "trials": {}}
     step(f"accuracy control: ranking activations on {min(RANKING_IMAGES, len(images))} validation images")
-    ranked = [name for name, _ in rank_activations(model, images[:RANKING_IMAGES], reference[:RANKING_IMAGES])]
+    ranked = [group for group, _ in rank_activations(model, images[:RANKING_IMAGES], reference[:RANKING_IMAGES])]
 
     def trial(k: int) -> tuple[onnx.ModelProto, dict]:
         candidate = onnx.ModelProto()
         candidate.CopyFrom(model)
-        float_activations(candidate, ranked[:k])
+        float_activations(candidate, [name for group in ranked[:k] for name in group])
         return candidate, judge(reference, logits_of(candidate, images), labels)
 
     tried: dict[int, tuple[onnx.ModelProto, dict]] = {}
@@ -134,7 +151,8 @@ def keep_float_until(
         **report,
         "after": figures,
         "met": budget.holds(figures),
-        "kept_float": ranked[:high],
+        "kept_float": [name for group in ranked[:high] for name in group],
+        "kept_groups": [list(group) for group in ranked[:high]],
         "float_macs_after": float_macs(chosen, macs),
         "trials": {str(k): tried[k][1] for k in sorted(tried)},
     }

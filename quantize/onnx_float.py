@@ -63,6 +63,41 @@ def tensors_around(model: onnx.ModelProto, node_names: Iterable[str]) -> list[st
     return list(dict.fromkeys(found))
 
 
+def grid_groups(model: onnx.ModelProto) -> list[list[str]]:
+    """The quantized activations grouped by the int8 grid they share through a node (MaxPool, Flatten, a Concat
+    with shared ranges: the same scale and zero point on both sides). Keeping one member float alone changes
+    little, since the others still round the same values on that grid; a group is kept float whole."""
+    quantizers = activation_quantizers(model)
+    constants = {tensor.name: tensor for tensor in model.graph.initializer}
+
+    def grid(name: str) -> tuple[bytes, ...] | None:
+        params = quantizers[name].input[1:3]
+        if not all(param in constants for param in params):
+            return None
+        return tuple(numpy_helper.to_array(constants[param]).tobytes() for param in params)
+
+    parent = {name: name for name in quantizers}
+
+    def root(name: str) -> str:
+        while parent[name] != name:
+            parent[name] = parent[parent[name]]
+            name = parent[name]
+        return name
+
+    by_output = {node.output[0]: node for node in model.graph.node}
+    for node in model.graph.node:
+        if node.op_type in ("QuantizeLinear", "DequantizeLinear"):
+            continue
+        for written in (name for name in node.output if name in quantizers):
+            for read in _activations_read(node, by_output, quantizers):
+                if grid(read) is not None and grid(read) == grid(written):
+                    parent[root(written)] = root(read)
+    groups: dict[str, list[str]] = {}
+    for name in sorted(quantizers):
+        groups.setdefault(root(name), []).append(name)
+    return sorted(groups.values())
+
+
 def stem_nodes(model: onnx.ModelProto) -> list[str]:
     """The network's stem, found by structure: its first Conv and the chain of single readers after it, up to
     and including the first MaxPool (BVLC: conv1.conv, conv1.relu, pool1; torchvision: conv1.bn, conv1,

@@ -16,8 +16,14 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from quantize.accuracy_control import AccuracyBudget, float_macs, judge, keep_float_until
-from quantize.onnx_float import activation_quantizers, float_activations, tensors_around, tensors_read_by
+from quantize.accuracy_control import AccuracyBudget, float_macs, judge, keep_float_until, rank_activations
+from quantize.onnx_float import (
+    activation_quantizers,
+    float_activations,
+    grid_groups,
+    tensors_around,
+    tensors_read_by,
+)
 from quantize.ranges import BINS, LEVELS, SCALES, histograms, mse_range, mse_ranges
 
 IMAGE = (1, 3, 8, 8)
@@ -440,16 +446,17 @@ def test_met_budget_keeps_everything_int8(models: dict[str, onnx.ModelProto]) ->
     assert report["float_macs_before"] == report["float_macs_after"] == MACS["fc"]
 
 
-# image draws whose smallest prefix is 4 (found by doubling), 3 (by bisection) and 5 (all, the capped doubling)
+# image draws whose smallest prefix is 1 candidate (the first try), 2 (found by doubling) and 3 (by bisection
+# after 4 met it): the pooled features' group first, then the convolutions' activations
 @pytest.mark.parametrize(
-    ("seed", "budget_kind"), [(0, "min_agreement"), (7, "min_agreement"), (5, "max_drop"), (7, "max_drop")]
+    ("seed", "budget_kind"), [(7, "min_agreement"), (0, "max_drop"), (9, "min_agreement"), (9, "max_drop")]
 )
 def test_unmet_budget_keeps_the_smallest_float_prefix(
     models: dict[str, onnx.ModelProto], seed: int, budget_kind: str
 ) -> None:
     """A budget int8 misses and FP32 meets (full agreement, or no top-1 drop with FP32's argmax as labels):
     the returned model meets it when rerun here, some activations are float, and floating one fewer of the
-    ranked tensors misses it (the smallest prefix). The float ones now cost their convolutions in MACs."""
+    ranked groups misses it (the smallest prefix). Float activations next to a convolution cost its MACs."""
     int8, fp32 = models["int8"], models["fp32"]
     images = _images(40, seed=seed)
     reference = _run(fp32, images)[0]
@@ -461,20 +468,38 @@ def test_unmet_budget_keeps_the_smallest_float_prefix(
     assert not budget.holds(judge(reference, _run(int8, images)[0], given))  # int8 alone misses
 
     model, report = keep_float_until(int8, fp32, images, given, budget, MACS)
-    kept = report["kept_float"]
-    assert report["met"] and kept
+    kept, groups = report["kept_float"], report["kept_groups"]
+    assert report["met"] and kept and kept == [name for group in groups for name in group]
     assert set(kept) <= set(activation_quantizers(int8)) and len(set(kept)) == len(kept)
     assert sorted(activation_quantizers(model)) == sorted(set(activation_quantizers(int8)) - set(kept))
     logits = _run(model, images)[0]
     assert (logits.argmax(axis=1) == labels).all()
     assert budget.holds(judge(reference, logits, given)) and report["after"] == judge(reference, logits, given)
-    fewer = _floated(int8, kept[:-1]) if len(kept) > 1 else int8
+    fewer = _floated(int8, [name for group in groups[:-1] for name in group]) if len(groups) > 1 else int8
     assert not budget.holds(judge(reference, _run(fewer, images)[0], given))
-    if len(kept) > 1:  # the search tried that prefix itself (bisection ends between a miss and a hit)
-        assert not budget.holds(report["trials"][str(len(kept) - 1)])
-    assert report["float_macs_after"] == float_macs(model, MACS) > report["float_macs_before"]
+    if len(groups) > 1:  # the search tried that prefix itself (bisection ends between a miss and a hit)
+        assert not budget.holds(report["trials"][str(len(groups) - 1)])
+    assert report["float_macs_after"] == float_macs(model, MACS) >= report["float_macs_before"]
+    assert (report["float_macs_after"] > report["float_macs_before"]) == (groups != [["f", "g"]])
     onnx.checker.check_model(model, full_check=True)
     assert _is_topological(model)
+
+
+def test_a_grid_shared_through_a_node_is_one_candidate(models: dict[str, onnx.ModelProto]) -> None:
+    """Flatten's output `f` shares the pooled features' grid (`g`): keeping `f` alone float changes nothing at
+    all (its values are already on that grid), so one at a time it would rank last. As a group it is one
+    candidate, ranked by what floating both removes."""
+    int8, fp32 = models["int8"], models["fp32"]
+    assert grid_groups(int8) == [["f", "g"], ["r1"], ["r2"], ["x"]]
+    images = _images(16, seed=3)
+    base = _run(int8, images)[0]
+    np.testing.assert_array_equal(_run(_floated(int8, ["f"]), images)[0], base)
+    reference = _run(fp32, images)[0]
+    ranked = dict(rank_activations(int8, images, reference))
+    assert sorted(ranked) == [("f", "g"), ("r1",), ("r2",), ("x",)]
+    both = float(np.mean((_run(_floated(int8, ["f", "g"]), images)[0] - reference) ** 2))
+    assert ranked[("f", "g")] == pytest.approx(float(np.mean((base - reference) ** 2)) - both, rel=1e-6)
+    assert ranked[("f", "g")] > 0
 
 
 def test_float_macs_counts_convolutions_outside_int8(models: dict[str, onnx.ModelProto]) -> None:

@@ -12,6 +12,7 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 from torch import nn
 
+from quantize.onnx_float import grid_groups
 from quantize.rounding import (
     INT8_MAX,
     REDUCED_INT8_MAX,
@@ -415,6 +416,9 @@ def test_onnx_passes_concat_ranges_float_pool_float_logits(tmp_path: Path) -> No
     )
     assert plain["r1"] < plain["cat"]  # two grids: the small branch is rounded twice
     assert tuned["r1"] == tuned["r2"] == tuned["cat"]
+    # accuracy control keeps a shared grid float as one (`grid_groups`), separate grids one by one
+    assert ["cat", "r1", "r2"] in grid_groups(onnx.load(str(tmp_path / "tuned.onnx")))
+    assert not any({"cat", "r1"} <= set(group) for group in grid_groups(onnx.load(str(tmp_path / "plain.onnx"))))
     assert plain.get("pool", plain["cat"]) == plain["cat"]  # int8 AveragePool keeps the Concat's grid
     features = tuned.get("pool", tuned.get("flat"))  # the Gemm's input, on its own calibrated grid
     assert features is not None and features < tuned["cat"]
