@@ -167,6 +167,20 @@ def control_accuracy(quantized: onnx.ModelProto, fp32_path: Path, validation: Ev
     macs = {layer.name: layer.macs for layer in count_file(fp32_path).layers}
     model, report = keep_float_until(quantized, onnx.load(str(fp32_path)), images, labels, budget, macs)
     report["validation"] = f"{len(validation)} calibration photos and their mirror images"
-    if not report["met"]:
-        step(f"accuracy control: the budget is not met even with all {len(report['kept_float'])} activations float")
+    step(summary_line(report, sum(macs.values())))
     return model, round_floats(report)
+
+
+def summary_line(report: dict, total_macs: int) -> str:
+    """What the mode did, in one line: the budget, the figures before and after, what it cost in float MACs."""
+    before, after = report["before"], report["after"]
+    figures = (f"agreement {100 * before['agreement']:.1f}% -> {100 * after['agreement']:.1f}%, "
+               f"logit RMS {before['logit_rms']:.4f} -> {after['logit_rms']:.4f} on {report['validation_images']} "
+               "validation views")  # fmt: skip
+    if not report["kept_float"]:
+        return f"accuracy control: the budget already holds ({figures})"
+    kept = f"{len(report['kept_float'])} activations ({len(report['kept_groups'])} groups) kept float"
+    share = f" ({100 * report['float_macs_after'] / total_macs:.0f}% of the model)" if total_macs else ""
+    macs = f"float MACs {report['float_macs_before'] / 1e9:.2f} -> {report['float_macs_after'] / 1e9:.2f} G{share}"
+    verdict = "budget met" if report["met"] else "budget NOT met even so"
+    return f"accuracy control: {verdict}: {kept}; {figures}; {macs}"

@@ -16,7 +16,14 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from quantize.accuracy_control import AccuracyBudget, float_macs, judge, keep_float_until, rank_activations
+from quantize.accuracy_control import (
+    AccuracyBudget,
+    float_macs,
+    judge,
+    keep_float_until,
+    rank_activations,
+    summary_line,
+)
 from quantize.onnx_float import (
     activation_quantizers,
     float_activations,
@@ -444,6 +451,7 @@ def test_met_budget_keeps_everything_int8(models: dict[str, onnx.ModelProto]) ->
     assert report["met"] and report["kept_float"] == []
     assert report["before"] == report["after"] and report["before"]["agreement"] < 1.0
     assert report["float_macs_before"] == report["float_macs_after"] == MACS["fc"]
+    assert summary_line(report, sum(MACS.values())).startswith("accuracy control: the budget already holds")
 
 
 # image draws whose smallest prefix is 1 candidate (the first try), 2 (found by doubling) and 3 (by bisection
@@ -481,6 +489,9 @@ def test_unmet_budget_keeps_the_smallest_float_prefix(
         assert not budget.holds(report["trials"][str(len(groups) - 1)])
     assert report["float_macs_after"] == float_macs(model, MACS) >= report["float_macs_before"]
     assert (report["float_macs_after"] > report["float_macs_before"]) == (groups != [["f", "g"]])
+    line = summary_line(report, sum(MACS.values()))  # what the CLI prints
+    assert line.startswith("accuracy control: budget met: ")
+    assert f"{len(kept)} activations ({len(groups)} groups) kept float" in line and "% of the model)" in line
     onnx.checker.check_model(model, full_check=True)
     assert _is_topological(model)
 
@@ -500,6 +511,19 @@ def test_a_grid_shared_through_a_node_is_one_candidate(models: dict[str, onnx.Mo
     both = float(np.mean((_run(_floated(int8, ["f", "g"]), images)[0] - reference) ** 2))
     assert ranked[("f", "g")] == pytest.approx(float(np.mean((base - reference) ** 2)) - both, rel=1e-6)
     assert ranked[("f", "g")] > 0
+
+
+def test_an_impossible_budget_floats_everything_and_says_not_met(models: dict[str, onnx.ModelProto]) -> None:
+    """A budget nothing can meet (int8 100 pp better than FP32): every candidate ends up float, the report
+    says `met: false`, and the printed line says so instead of claiming success."""
+    images = _images(40, seed=0)
+    labels = _run(models["fp32"], images)[0].argmax(axis=1)
+    model, report = keep_float_until(
+        models["int8"], models["fp32"], images, labels, AccuracyBudget(max_drop_pp=-100.0), MACS
+    )
+    assert not report["met"] and sorted(report["kept_float"]) == sorted(activation_quantizers(models["int8"]))
+    assert activation_quantizers(model) == {}
+    assert "budget NOT met even so" in summary_line(report, sum(MACS.values()))
 
 
 def test_float_macs_counts_convolutions_outside_int8(models: dict[str, onnx.ModelProto]) -> None:
