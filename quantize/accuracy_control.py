@@ -182,5 +182,10 @@ def summary_line(report: dict, total_macs: int) -> str:
     kept = f"{len(report['kept_float'])} activations ({len(report['kept_groups'])} groups) kept float"
     share = f" ({100 * report['float_macs_after'] / total_macs:.0f}% of the model)" if total_macs else ""
     macs = f"float MACs {report['float_macs_before'] / 1e9:.2f} -> {report['float_macs_after'] / 1e9:.2f} G{share}"
-    verdict = "budget met" if report["met"] else "budget NOT met even so"
+    budget = report["budget"]
+    asked = " and ".join(
+        ([f"agreement >= {100 * budget['min_agreement']:g}%"] if budget["min_agreement"] is not None else [])
+        + ([f"top-1 drop <= {budget['max_drop_pp']:g} pp"] if budget["max_drop_pp"] is not None else [])
+    )
+    verdict = f"budget ({asked}) met" if report["met"] else f"budget ({asked}) NOT met even so"
     return f"accuracy control: {verdict}: {kept}; {figures}; {macs}"

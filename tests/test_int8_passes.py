@@ -490,7 +490,8 @@ def test_unmet_budget_keeps_the_smallest_float_prefix(
     assert report["float_macs_after"] == float_macs(model, MACS) >= report["float_macs_before"]
     assert (report["float_macs_after"] > report["float_macs_before"]) == (groups != [["f", "g"]])
     line = summary_line(report, sum(MACS.values()))  # what the CLI prints
-    assert line.startswith("accuracy control: budget met: ")
+    asked = "agreement >= 100%" if budget_kind == "min_agreement" else "top-1 drop <= 0 pp"
+    assert line.startswith(f"accuracy control: budget ({asked}) met: ")
     assert f"{len(kept)} activations ({len(groups)} groups) kept float" in line and "% of the model)" in line
     onnx.checker.check_model(model, full_check=True)
     assert _is_topological(model)
@@ -523,7 +524,7 @@ def test_an_impossible_budget_floats_everything_and_says_not_met(models: dict[st
     )
     assert not report["met"] and sorted(report["kept_float"]) == sorted(activation_quantizers(models["int8"]))
     assert activation_quantizers(model) == {}
-    assert "budget NOT met even so" in summary_line(report, sum(MACS.values()))
+    assert "budget (top-1 drop <= -100 pp) NOT met even so" in summary_line(report, sum(MACS.values()))
 
 
 def test_float_macs_counts_convolutions_outside_int8(models: dict[str, onnx.ModelProto]) -> None:
