@@ -22,6 +22,7 @@ import time
 
 import numpy as np
 import torch
+from PIL import Image
 
 from export.images import load_image
 from export.weights import load_model
@@ -55,7 +56,7 @@ def views_of(paths: list, preprocess, views: int) -> np.ndarray:
     for path in paths:
         image = whole.resize_and_crop(load_image(path))
         crops = [image.crop((x, y, x + 224, y + 224)) for x, y in CORNERS]
-        crops += [c.transpose(0) for c in crops]  # FLIP_LEFT_RIGHT
+        crops += [c.transpose(Image.Transpose.FLIP_LEFT_RIGHT) for c in crops]
         for crop in crops[:views]:
             out.append(normalise.apply(crop))
     return np.stack(out)
