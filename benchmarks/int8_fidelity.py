@@ -59,14 +59,19 @@ def _tflite(loaded, calibration: np.ndarray, recipe: str, out: Path, inputs_nchw
     return predict(TfliteRunner(out), inputs_nchw.transpose(0, 2, 3, 1), "int8 TFLite"), out.stat().st_size
 
 
+def validation_indices(size: int, count: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Which of a draw's `size` calibration photos are fitted on and which `count` are held out (sorted)."""
+    order = np.random.default_rng(1000 + seed).permutation(size)
+    return np.sort(order[count:]), np.sort(order[:count])
+
+
 def _validation_split(source, loaded, calib: Path, count: int, seed: int):
     """Calibrate on all but `count` of the draw's calibration photos, measure on those `count`: how passes are
     chosen without looking at the evaluation photos."""
     from export.evaluation import load_eval_set
     from quantize.calibration import ArraySource
 
-    order = np.random.default_rng(1000 + seed).permutation(len(source.chosen))
-    fit, val = np.sort(order[count:]), np.sort(order[:count])
+    fit, val = validation_indices(len(source.chosen), count, seed)
     images = source.arrays()
     held_out = load_eval_set([source.chosen[i] for i in val], calib, loaded.preprocess, loaded.labels, "Validation")
     return ArraySource(images[fit], origin=f"{len(fit)} of the calibration draw"), held_out

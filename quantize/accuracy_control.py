@@ -125,10 +125,13 @@ def keep_float_until(
     step(f"accuracy control: ranking activations on {min(RANKING_IMAGES, len(images))} validation images")
     ranked = [group for group, _ in rank_activations(model, images[:RANKING_IMAGES], reference[:RANKING_IMAGES])]
 
+    def top(k: int) -> list[str]:
+        return [name for group in ranked[:k] for name in group]
+
     def trial(k: int) -> tuple[onnx.ModelProto, dict]:
         candidate = onnx.ModelProto()
         candidate.CopyFrom(model)
-        float_activations(candidate, [name for group in ranked[:k] for name in group])
+        float_activations(candidate, top(k))
         return candidate, judge(reference, logits_of(candidate, images), labels)
 
     tried: dict[int, tuple[onnx.ModelProto, dict]] = {}
@@ -151,7 +154,7 @@ def keep_float_until(
         **report,
         "after": figures,
         "met": budget.holds(figures),
-        "kept_float": [name for group in ranked[:high] for name in group],
+        "kept_float": top(high),
         "kept_groups": [list(group) for group in ranked[:high]],
         "float_macs_after": float_macs(chosen, macs),
         "trials": {str(k): tried[k][1] for k in sorted(tried)},

@@ -70,11 +70,13 @@ def grid_groups(model: onnx.ModelProto) -> list[list[str]]:
     quantizers = activation_quantizers(model)
     constants = {tensor.name: tensor for tensor in model.graph.initializer}
 
-    def grid(name: str) -> tuple[bytes, ...] | None:
-        params = quantizers[name].input[1:3]
+    def grid_of(quantize: onnx.NodeProto) -> tuple[bytes, ...] | None:
+        params = quantize.input[1:3]
         if not all(param in constants for param in params):
             return None
         return tuple(numpy_helper.to_array(constants[param]).tobytes() for param in params)
+
+    grids = {name: grid_of(quantize) for name, quantize in quantizers.items()}
 
     parent = {name: name for name in quantizers}
 
@@ -90,7 +92,7 @@ def grid_groups(model: onnx.ModelProto) -> list[list[str]]:
             continue
         for written in (name for name in node.output if name in quantizers):
             for read in _activations_read(node, by_output, quantizers):
-                if grid(read) is not None and grid(read) == grid(written):
+                if grids[read] is not None and grids[read] == grids[written]:
                     parent[root(written)] = root(read)
     groups: dict[str, list[str]] = {}
     for name in sorted(quantizers):

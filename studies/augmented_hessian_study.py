@@ -24,17 +24,11 @@ import numpy as np
 import torch
 from PIL import Image
 
+from benchmarks.int8_fidelity import validation_indices
 from export.images import load_image
 from export.weights import load_model
 from quantize.calibration import FolderSource
-from quantize.rounding import (
-    RoundingSettings,
-    auto_damping,
-    gptq,
-    layer_hessians,
-    quantized_layers,
-    to_float,
-)
+from quantize.rounding import RoundingSettings, layer_hessians, quantized_layers, round_layer, to_float
 from studies.splits import Cells, logit_rms, logits, split_study_parser, study_splits
 
 STEM = ("conv1.conv",)
@@ -44,8 +38,8 @@ CORNERS = ((16, 16), (0, 0), (32, 0), (0, 32), (32, 32))  # (left, top) in the 2
 def fit_paths(calib, loaded, seed: int, count: int = 30) -> tuple[list, list]:
     """The 70 fit photos of draw `seed`, in the order `validation_views` uses, and the photos outside the draw."""
     draw = FolderSource(calib, loaded.preprocess, size=100, seed=seed)
-    order = np.random.default_rng(1000 + seed).permutation(len(draw.chosen))
-    return [draw.chosen[i] for i in np.sort(order[count:])], list(draw.unused)
+    fit, _ = validation_indices(len(draw.chosen), count, seed)
+    return [draw.chosen[i] for i in fit], list(draw.unused)
 
 
 def views_of(paths: list, preprocess, views: int) -> np.ndarray:
@@ -63,7 +57,7 @@ def views_of(paths: list, preprocess, views: int) -> np.ndarray:
 
 
 def round_weights(model, images: np.ndarray, damping_divisor: int) -> None:
-    """GPTQ in place, as `learned_rounding`, with the damping computed from count / `damping_divisor`."""
+    """GPTQ in place, as `learned_rounding`, with the automatic damping of count / `damping_divisor` positions."""
     settings = RoundingSettings(method="gptq")
     layers = quantized_layers(model, STEM)
     stats = layer_hessians(model, images, layers, positions_per_input=settings.positions_per_input, seed=0)
@@ -71,8 +65,7 @@ def round_weights(model, images: np.ndarray, damping_divisor: int) -> None:
         for name, module in layers.items():
             weight = module.weight.detach().float().reshape(module.weight.shape[0], -1)
             hessian, count = stats[name]
-            damping = auto_damping(weight.shape[1], count // damping_divisor)
-            ints = gptq(weight, hessian, damping, settings.act_order, settings.qmax)
+            ints = round_layer(weight, hessian, count // damping_divisor, settings)  # count only sets the damping
             module.weight.copy_(to_float(weight, ints, settings.qmax).reshape(module.weight.shape))
 
 
