@@ -150,7 +150,8 @@ OPTIONS: dict[str, Option] = {
             "help": "learned (default): float stem, the pool on its own grid, the classifier on float features, "
             "GPTQ weight rounding (TFLite: + bias correction; ONNX: + shared Concat grids); toolkit: the same "
             "without the GPTQ fit (faster); plain: the converter/ORT alone; learned-a16 (ONNX only): learned with "
-            "int16 activations, for NPUs with A16W8 kernels",
+            "int16 activations, for NPUs with A16W8 kernels; learned-weights: learned's int8 weights, float "
+            "activations (W8A32: int8's size, float arithmetic)",
         },
     ),
 }

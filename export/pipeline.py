@@ -254,7 +254,8 @@ def _quantize_onnx_int8(
     drift = q.info["drift"]
     if drift:
         ui.show(drift_table(drift))
-        ui.show(layer_table(drift["layers"]["worst_first"]))
+        if drift["layers"]["worst_first"]:  # none when every activation is float (`learned-weights`)
+            ui.show(layer_table(drift["layers"]["worst_first"]))
         if drift.get("host_caveat"):
             ui.warn(drift["host_caveat"])
         if drift.get("host_skipped"):

@@ -60,6 +60,8 @@ def summarize_onnx_int8(info: dict, timings: dict[str, float], target: str, cali
         rows.append(("int8 kernels on this host", f"{share:.0%} of MACs ({ops})" if share is not None else ops))
         if info.get("quantization", {}).get("activation_type") == "int16":
             ui.warn("int16 activations (A16W8): CPU kernels run this model in float; it is meant for A16W8 NPUs")
+        elif info.get("quantization", {}).get("weights_only"):
+            ui.warn("weights only (W8A32): int8 weights, float arithmetic; as small as int8, not faster than FP32")
         elif mostly_float(kernels):
             ui.warn(f"on this host only {share:.0%} of the int8 model's MACs run in int8 kernels (--target {target})")
     if calib.get("skipped_non_images"):
@@ -91,7 +93,9 @@ def summarize_tflite(artifacts: list, elapsed: float, out: Path) -> None:
                 coverage_text(kernels),
             )
         )
-        if info["precision"] == "int8" and mostly_float(kernels):
+        if info["precision"] == "int8" and info.get("quantization", {}).get("weights_only"):
+            ui.warn(f"{artifact.path.name} is weights only (W8A32): int8 weights, float arithmetic, not faster")
+        elif info["precision"] == "int8" and mostly_float(kernels):
             share = kernels["int8_mac_share"]
             ui.warn(f"on this host only {share:.0%} of {artifact.path.name}'s MACs run in int8 kernels")
     columns = ("artifact", "precision", "input", "size", "top-1", "drop", "agreement", "float ops", "int8 MACs")

@@ -35,7 +35,7 @@ from export.ui import progress, step
 from quantize.accuracy_control import control_accuracy
 from quantize.calibration import CalibrationSource, OrtCalibrationReader
 from quantize.drift import layer_errors
-from quantize.onnx_float import float_activations, tensors_around, tensors_read_by
+from quantize.onnx_float import float_activations, floatable_activations, tensors_around, tensors_read_by
 from quantize.onnx_pools import keep_max_pools_float
 from quantize.onnx_weights import apply_rounding, with_model_stem
 from quantize.presets import QuantizationConfig, host_target
@@ -305,6 +305,7 @@ def quantize_onnx(
             [
                 *tensors_around(quantized, config.float_activation_nodes),
                 *tensors_read_by(quantized, config.float_inputs),
+                *(floatable_activations(quantized) if config.weights_only else []),
             ],
         )
         compact_lrn_bands(quantized)  # quant_pre_process folded them into C x C floats: +164 KB

@@ -38,6 +38,10 @@ PASSES: dict[str, Pass] = {
             "int16-activations",
             "activations on int16 grids, weights int8 (A16W8: NPU kernels such as Qualcomm HTP's; CPUs run float)",
         ),
+        Pass(
+            "weights-only",
+            "int8 weights behind a dequantize, every activation float (W8A32): the size of int8, float arithmetic",
+        ),
         Pass("mse-ranges", "activation ranges of least int8 error instead of min-max (quantize.ranges)"),
         Pass(
             "wide-5x5-inputs",

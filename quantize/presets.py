@@ -46,6 +46,8 @@ class QuantizationConfig:
     # the activations feeding 5x5 convolutions (the 16-48-channel 5x5-reduce outputs) get this many times their
     # calibrated maximum: so few channels give an unstable maximum that unseen photos exceed by up to 1.6x
     wide_5x5_inputs: float = 1.0
+    # every activation float, the weights int8 (W8A32: the size of int8, the weights' error alone, float arithmetic)
+    weights_only: bool = False
     recipe: str = "toolkit"  # the name in RECIPES these settings came from (recorded in the sidecar)
     passes: tuple[str, ...] = ()  # that recipe's `quantize.passes`, in the order applied
 
@@ -103,6 +105,7 @@ ONNX_PASSES: dict[str, dict] = {
     "mse-ranges": {"calibration": "mse"},
     "int16-activations": {"activation_type": "int16", "activation_symmetric": False},
     "wide-5x5-inputs": {"wide_5x5_inputs": WIDE_5X5_FACTOR},
+    "weights-only": {"weights_only": True},
 }
 # `toolkit`: `learned` without its GPTQ fit, and with a float stem whose conv1 weights stay int8 (so the file stays
 # within 26% of FP32); chosen on validation splits: logit RMS 0.138 -> 0.066 (docs/int8-fidelity.md)
@@ -128,6 +131,8 @@ RECIPES: dict[str, tuple[str, ...]] = {
     "learned": _LEARNED,
     # opt-in, ONNX only: `learned` with int16 activations (A16W8), for accelerators with such kernels
     "learned-a16": (*_LEARNED, "int16-activations"),
+    # opt-in: `learned`'s int8 weights with every activation float (W8A32), for GPU delegates and short flash
+    "learned-weights": (*_LEARNED, "weights-only"),
     # single steps, measured on their own (docs/int8-fidelity.md)
     "learned-float-conv1": ("gptq-rounding", "float-stem", *_LEARNED[2:5]),  # `learned` until session 11
     "learned-calibrated-5x5": _LEARNED[:5],  # `learned` until session 13 (the 5x5-reduce ranges as calibrated)

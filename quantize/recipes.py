@@ -9,7 +9,7 @@ tables' other names are single steps, for `benchmarks.int8_fidelity`.
 
 from __future__ import annotations
 
-CLI_RECIPES = ("toolkit", "plain", "learned")  # defined by every int8 format
+CLI_RECIPES = ("toolkit", "plain", "learned", "learned-weights")  # defined by every int8 format
 # defined by one format only; any other refuses them in one line before any work
 FORMAT_RECIPES: dict[str, tuple[str, ...]] = {"onnx": ("learned-a16",)}
 RECIPE_CHOICES = (*CLI_RECIPES, *(name for names in FORMAT_RECIPES.values() for name in names))

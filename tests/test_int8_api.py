@@ -192,41 +192,69 @@ def test_int16_activations_keep_int8_weights_and_a_finer_grid(tmp_path: Path) ->
     assert errors[("int16-activations",)] < errors[()] / 2, errors  # what is left is the int8 weights' error
 
 
+def test_weights_only_keeps_int8_weights_and_no_activation_grid(tmp_path: Path) -> None:
+    """The `weights-only` pass (W8A32): the int8 weights stay (a DequantizeLinear each), no activation is
+    quantized, so the model computes the float graph on the dequantized weights."""
+    from onnx import TensorProto, numpy_helper
+
+    from edge_runtime.sessions import throughput_runner
+    from quantize.calibration import ArraySource
+    from quantize.onnx_int8 import quantize_onnx
+
+    rng = np.random.default_rng(2)
+    fp32 = _tiny_graph(tmp_path / "tiny.onnx", rng, opset=21)
+    images, unseen = rng.normal(size=(8, 3, 8, 8)).astype(np.float32), rng.normal(size=(4, 3, 8, 8)).astype(np.float32)
+    out = tmp_path / "tiny.weights.onnx"
+    config = apply_passes(QuantizationConfig.arm64(), ("weights-only",), ONNX_PASSES)
+    config = replace(config, float_outputs=("Flatten",))  # the logits' producer float, as `learned`'s classifier
+    quantize_onnx(fp32, ArraySource(images, origin="test"), config, out_path=out)
+    model = onnx.load(str(out))
+    ops = [node.op_type for node in model.graph.node]
+    assert "QuantizeLinear" not in ops and ops.count("DequantizeLinear") == 1, ops  # the weights' own
+    stored = {t.name: t for t in model.graph.initializer}
+    assert stored["w_quantized"].data_type == TensorProto.INT8
+    dequantized = numpy_helper.to_array(stored["w_quantized"]).astype(np.float32) * numpy_helper.to_array(
+        stored["w_scale"]
+    ).reshape(-1, 1, 1, 1)
+    on_grid = onnx.load(str(fp32))
+    on_grid.graph.initializer[0].CopyFrom(numpy_helper.from_array(dequantized, "w"))
+    onnx.save(on_grid, str(tmp_path / "on-grid.onnx"))
+    expected = throughput_runner(tmp_path / "on-grid.onnx")(unseen)
+    np.testing.assert_allclose(throughput_runner(out, optimize=False)(unseen), expected, rtol=1e-5, atol=1e-6)
+    assert np.abs(expected - throughput_runner(fp32)(unseen)).max() > 0  # the weights were rounded
+
+
 @pytest.mark.slow
 def test_learned_a16_on_the_real_network(bvlc_onnx_export, bvlc_loaded, imagenet_sample_dir, tmp_path: Path) -> None:
-    """`--int8-recipe learned-a16` on the real network and photos: the same int8 weights as `learned` (one
-    GPTQ fit), int16 activation grids on the same ranges, and so a small fraction of the activation error of
-    `learned` (each judged against the same int8 weights with float activations). Judged on the calibration
-    photos: on others, 12 photos' ranges clip, and clipping is the same on both grids."""
+    """`--int8-recipe learned-a16` and `learned-weights` on the real network and photos: the same int8 weights as
+    `learned` (one GPTQ fit); a16 puts int16 grids on the same ranges, and so leaves a small fraction of the
+    activation error of `learned`, each judged against `learned-weights` (the same int8 weights, every activation
+    float). Judged on the calibration photos: on others, 12 photos' ranges clip, the same on both grids."""
     from onnx import numpy_helper
 
     from edge_runtime.sessions import throughput_runner
     from export.evaluation import predict
     from quantize.calibration import FolderSource
-    from quantize.onnx_float import float_activations, floatable_activations
 
     source = FolderSource(imagenet_sample_dir, bvlc_loaded.preprocess, size=12, seed=3)
     photos = source.arrays()
     stored, logits = {}, {}
-    for name in ("learned", "learned-a16"):
+    for name in ("learned", "learned-a16", "learned-weights"):
         out = tmp_path / name / "googlenet.int8.onnx"  # not beside the shared FP32 export, which other tests list
         result = quantize(
             bvlc_onnx_export.path, source, Int8Preset("onnx", name), out_path=out, reference=bvlc_loaded.model
         )
-        model = onnx.load(str(out))
-        stored[name] = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+        stored[name] = {t.name: numpy_helper.to_array(t) for t in onnx.load(str(out)).graph.initializer}
         logits[name] = predict(throughput_runner(out, optimize=False), photos, name)
         assert result.info["quantization"]["passes"] == list(ONNX_RECIPES[name])
-        if name == "learned":  # the same int8 weights, every activation float: the weights' share of the error
-            float_activations(model, floatable_activations(model))
-            weights_only = out.with_name("weights-only.onnx")
-            onnx.save(model, str(weights_only))
-            logits["weights"] = predict(throughput_runner(weights_only, optimize=False), photos, "weights only")
     weights = [k for k, v in stored["learned"].items() if v.dtype == np.int8 and v.ndim > 1]
     assert len(weights) == 58  # every conv (conv1 too: its activations are float, its weights int8) and the classifier
     for key in weights:
         np.testing.assert_array_equal(stored["learned-a16"][key], stored["learned"][key], err_msg=key)
+        np.testing.assert_array_equal(stored["learned-weights"][key], stored["learned"][key], err_msg=key)
+    weights_only = onnx.load(str(tmp_path / "learned-weights" / out.name))
+    assert "QuantizeLinear" not in {node.op_type for node in weights_only.graph.node}  # no activation grid left
     activations = {v.dtype.name for k, v in stored["learned-a16"].items() if k.endswith("zero_point") and v.ndim == 0}
     assert activations == {"int16"}, activations
-    error = {name: float(np.sqrt(np.mean((logits[name] - logits["weights"]) ** 2))) for name in stored}
+    error = {name: float(np.sqrt(np.mean((logits[name] - logits["learned-weights"]) ** 2))) for name in stored}
     assert error["learned-a16"] < 0.1 * error["learned"], error

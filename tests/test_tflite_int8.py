@@ -177,3 +177,46 @@ def test_the_tflite_lrn_computes_pytorch_s(size: int, alpha: float, beta: float,
     graph = traced.get_concrete_function(tf.TensorSpec(x.shape, tf.float32)).graph
     ops = [op.name for op in graph.get_operations() if op.type not in ("Placeholder", "Const", "Identity", "NoOp")]
     assert all(is_lowered_lrn(name) for name in ops) == (beta == 0.75), ops
+
+
+def _on_grid(kernel: np.ndarray) -> np.ndarray:
+    """`kernel` (output channel last) rounded onto TFLite's per-channel int8 grid, as learned rounding leaves it."""
+    scale = np.abs(kernel).reshape(-1, kernel.shape[-1]).max(axis=0) / 127
+    return (np.round(kernel / scale) * scale).astype(np.float32)
+
+
+def test_weights_only_stores_the_int8_kernels_and_computes_in_float(tmp_path: Path) -> None:
+    """weights_only: every kernel stored as the int8 integers a full-int8 model holds, behind a DEQUANTIZE, and
+    every op in float; on weights already on the grid LiteRT computes what the float graph computes."""
+    global KERNEL_1, KERNEL_2, DENSE
+    saved = KERNEL_1, KERNEL_2, DENSE
+    KERNEL_1, KERNEL_2, DENSE = _on_grid(KERNEL_1), _on_grid(KERNEL_2), _on_grid(DENSE)
+    try:
+        fp32, weights, full = tmp_path / "fp32.tflite", tmp_path / "weights.tflite", tmp_path / "full.tflite"
+        fp32.write_bytes(_classifier_converter().convert())
+        only = TfliteInt8Config(float_stem=False, bias_correction=False, weights_only=True)
+        weights.write_bytes(quantize(_classifier_converter(), CALIBRATION, "float32", only))
+        full.write_bytes(quantize(_classifier_converter(), CALIBRATION, "float32", TfliteInt8Config.plain()))
+        ops = tflite_op_histogram(weights)
+        assert ops["DEQUANTIZE[INT8->FLOAT32]"] == 3 and ops["CONV_2D[FLOAT32]"] == 2
+        assert ops["FULLY_CONNECTED[FLOAT32]"] == 1 and not any("[INT8]" in op for op in ops), ops
+        stored = sorted(_kernels(weights).values(), key=lambda k: k.shape[-1])
+        for kernel, got in zip((KERNEL_1, KERNEL_2), stored, strict=True):
+            np.testing.assert_allclose(got, kernel, rtol=0, atol=1e-6 * np.abs(kernel).max())
+        # 3 of every 4 bytes saved, less the scales and DEQUANTIZE ops (float16 kernels would save under 3,100)
+        assert fp32.stat().st_size - weights.stat().st_size >= 3 * (KERNEL_1.size + KERNEL_2.size + DENSE.size) - 1000
+        x = RNG.normal(0, 1, (16, 16, 16, 3)).astype(np.float32)
+        expected = TfliteRunner(fp32)(x)
+        error = {p.name: np.abs(TfliteRunner(p)(x) - expected).max() for p in (weights, full)}
+        assert error["weights.tflite"] <= 1e-5 * np.abs(expected).max() < error["full.tflite"], error
+        with pytest.raises(ToolkitError, match="keeps activations float"):
+            quantize(_classifier_converter(), CALIBRATION, "int8", only)
+    finally:
+        KERNEL_1, KERNEL_2, DENSE = saved
+
+
+def test_weights_only_keeps_the_float_stem_in_float16(tmp_path: Path) -> None:
+    path = tmp_path / "weights.tflite"
+    path.write_bytes(quantize(_converter(), CALIBRATION, "float32", TfliteInt8Config(weights_only=True)))
+    ops = tflite_op_histogram(path)
+    assert ops["DEQUANTIZE[FLOAT16->FLOAT32]"] == 1 and ops["DEQUANTIZE[INT8->FLOAT32]"] == 1, ops
