@@ -99,7 +99,7 @@ RECIPES: dict[str, tuple[str, ...]] = {
     "plain": (),
     # the default (quantize.recipes); `wide-5x5-inputs` since session 13: five draws 99.05 / 98.25% -> 99.15 / 98.25%
     "learned": (*_STEM_BIAS_POOL, "gptq-rounding", "hybrid-classifier", "wide-5x5-inputs"),
-    # opt-in: `learned`'s weights with float activations (W8A32); ten draws 99.2 / 98.75% (weights alone, PyTorch)
+    # opt-in: `learned`'s weights with float activations (W8A32); five draws 99.20 / 98.75% (docs/int8-fidelity.md)
     "learned-weights": (*_STEM_BIAS_POOL, "gptq-rounding", "weights-only"),
     "learned-calibrated-5x5": (*_STEM_BIAS_POOL, "gptq-rounding", "hybrid-classifier"),  # until session 13
     "gptq": (*_STEM_BIAS_POOL, "gptq-rounding"),  # single steps, measured on their own
@@ -235,7 +235,8 @@ def quantize(converter, calibration: np.ndarray, io: str, config: TfliteInt8Conf
     if config.weights_only:
         if io != "float32":
             raise ToolkitError(f"--int8-recipe learned-weights keeps activations float: --io {io} needs int8 ones")
-        flat = int8_kernels(converter.convert(), keep_float=(0,) if config.float_stem else ())
+        flat = converter.convert()
+        flat = int8_kernels(flat, keep_float=stem_tensor_names(flat) if config.float_stem else ())
         flat = stem_weights_to_fp16(flat) if config.float_stem else flat
         return tflite_convert.deduplicate_readonly_buffers(flat)
     converter.optimizations = [tf.lite.Optimize.DEFAULT]

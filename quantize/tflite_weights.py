@@ -10,6 +10,8 @@ the format for GPU delegates, which compute in float anyway, and for devices whe
 
 from __future__ import annotations
 
+from collections.abc import Collection
+
 import numpy as np
 
 from export.errors import ToolkitError
@@ -28,9 +30,10 @@ def per_channel_int8(values: np.ndarray, axis: int = 0) -> tuple[np.ndarray, np.
     return np.moveaxis(ints, 0, axis), scale
 
 
-def int8_kernels(flatbuffer: bytes, keep_float: tuple[int, ...] = ()) -> bytes:
+def int8_kernels(flatbuffer: bytes, keep_float: Collection[str] = ()) -> bytes:
     """Every constant float32 CONV_2D and FULLY_CONNECTED kernel stored as per-channel int8 behind a DEQUANTIZE,
-    except those of the ops at the positions `keep_float` (in the graph's order among those ops)."""
+    except those of the ops writing a tensor named in `keep_float`. The lowered LRNs' band kernels are included:
+    each row holds one value and zeros, which the int8 grid stores exactly (float16 would round 2e-5)."""
     from ai_edge_litert import schema_py_generated as schema
     from ai_edge_litert.tools import flatbuffer_utils
 
@@ -40,14 +43,14 @@ def int8_kernels(flatbuffer: bytes, keep_float: tuple[int, ...] = ()) -> bytes:
     dequantize = schema.OperatorCodeT()
     dequantize.builtinCode = dequantize.deprecatedBuiltinCode = schema.BuiltinOperator.DEQUANTIZE
     dequantize.version = 4  # the first version that takes per-channel int8 input
-    unpacks, position = [], -1
+    unpacks, kept = [], set(keep_float)
     for op in graph.operators:
         if flatbuffer_utils.get_builtin_code_from_operator_code(model.operatorCodes[op.opcodeIndex]) not in kinds:
             continue
-        position += 1
         kernel = graph.tensors[op.inputs[1]]
         data = model.buffers[kernel.buffer].data
-        if position in keep_float or kernel.type != schema.TensorType.FLOAT32 or data is None:
+        written = graph.tensors[op.outputs[0]].name.decode()
+        if written in kept or kernel.type != schema.TensorType.FLOAT32 or data is None:
             continue
         ints, scale = per_channel_int8(np.frombuffer(bytes(data), np.float32).reshape(kernel.shape))
         packed = schema.BufferT()
