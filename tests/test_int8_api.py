@@ -68,6 +68,12 @@ def test_recipes_build_the_settings_they_name() -> None:
     learned = TfliteInt8Config(rounding="gptq", float_logits=True, wide_5x5_inputs=1.5)
     assert Int8Preset("tflite", "learned").settings() == learned
     assert Int8Preset("tflite", "learned").settings().to_dict()["passes"] == list(TFLITE_RECIPES["learned"])
+    # weights only: no int8 kernel runs, so not even AVX2's preset needs 7-bit weights
+    weights = Int8Preset("onnx", "learned-weights", "x86-avx2").settings()
+    learned_avx2 = Int8Preset("onnx", "learned", "x86-avx2").settings()
+    named = {"recipe": "learned-weights", "passes": ONNX_RECIPES["learned-weights"]}
+    assert weights == replace(learned_avx2, weights_only=True, reduce_range=False, **named)
+    assert Int8Preset("tflite", "learned-weights").settings() == TfliteInt8Config(rounding="gptq", weights_only=True)
 
 
 def test_user_excludes_join_the_recipe_s() -> None:
