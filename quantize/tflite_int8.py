@@ -31,7 +31,7 @@ from edge_runtime.kernel_coverage import is_lowered_lrn
 from edge_runtime.sessions import tflite_names
 from export.errors import ToolkitError
 from quantize.presets import WIDE_5X5_FACTOR  # one factor for both backends
-from quantize.tflite_weights import INT8_WEIGHT_MAX, int8_kernels, per_channel_int8
+from quantize.tflite_weights import INT8_WEIGHT_MAX, int8_kernels, packed_kernels, per_channel_int8
 
 
 @dataclass(frozen=True)
@@ -293,35 +293,9 @@ def stem_weights_to_fp16(flatbuffer: bytes) -> bytes:
     """Store the float convolutions' constant kernels as float16 behind a DEQUANTIZE, the way TFLite's own
     fp16 models do (XNNPACK unpacks them once at load). Keeps the float stem at +9 KB instead of +28 KB."""
     from ai_edge_litert import schema_py_generated as schema
-    from ai_edge_litert.tools import flatbuffer_utils
 
-    model = flatbuffer_utils.convert_bytearray_to_object(bytearray(flatbuffer))
-    graph = model.subgraphs[0]
-    conv = schema.BuiltinOperator.CONV_2D
-    dequantize = schema.OperatorCodeT()
-    dequantize.builtinCode = dequantize.deprecatedBuiltinCode = schema.BuiltinOperator.DEQUANTIZE
-    dequantize.version = 3  # the first version that takes float16 input
-    unpacks = []
-    for op in graph.operators:
-        code = flatbuffer_utils.get_builtin_code_from_operator_code(model.operatorCodes[op.opcodeIndex])
-        kernel = graph.tensors[op.inputs[1]] if code == conv else None
-        if kernel is None or kernel.type != schema.TensorType.FLOAT32 or model.buffers[kernel.buffer].data is None:
-            continue
-        values = np.frombuffer(bytes(model.buffers[kernel.buffer].data), np.float32)
-        packed = schema.BufferT()
-        packed.data = np.frombuffer(values.astype(np.float16).tobytes(), np.uint8)
-        model.buffers.append(packed)
-        model.buffers[kernel.buffer].data = None
-        half = schema.TensorT()
-        half.name, half.shape, half.type = kernel.name + b"/fp16", kernel.shape, schema.TensorType.FLOAT16
-        half.buffer = len(model.buffers) - 1
-        graph.tensors.append(half)
-        unpack = schema.OperatorT()
-        unpack.opcodeIndex = len(model.operatorCodes)
-        unpack.inputs, unpack.outputs = [len(graph.tensors) - 1], [op.inputs[1]]
-        unpacks.append(unpack)
-    if not unpacks:
-        return flatbuffer
-    model.operatorCodes.append(dequantize)
-    graph.operators[:0] = unpacks
-    return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
+    def as_float16(written: str, kernel, values: np.ndarray):
+        return values.astype(np.float16).tobytes(), schema.TensorType.FLOAT16, b"/fp16", None
+
+    # version 3: the first DEQUANTIZE that takes float16 input
+    return packed_kernels(flatbuffer, ("CONV_2D",), as_float16, dequantize_version=3) or flatbuffer

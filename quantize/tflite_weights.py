@@ -30,47 +30,73 @@ def per_channel_int8(values: np.ndarray, axis: int = 0) -> tuple[np.ndarray, np.
     return np.moveaxis(ints, 0, axis), scale
 
 
-def int8_kernels(flatbuffer: bytes, keep_float: Collection[str] = ()) -> bytes:
-    """Every constant float32 CONV_2D and FULLY_CONNECTED kernel stored as per-channel int8 behind a DEQUANTIZE,
-    except those of the ops writing a tensor named in `keep_float`. The lowered LRNs' band kernels are included:
-    each row holds one value and zeros, which the int8 grid stores exactly (float16 would round 2e-5)."""
+def packed_kernels(flatbuffer: bytes, kinds: Collection[str], pack, dequantize_version: int) -> bytes | None:
+    """The constant float32 kernels of the ops of `kinds` (builtin names) stored packed behind a DEQUANTIZE;
+    None if `pack` packed none. `pack(written, kernel, values)` gets the name of the tensor the op writes, the
+    kernel tensor and its float32 values, and returns None (leave it float) or (bytes, TensorType, suffix,
+    QuantizationParametersT or None)."""
     from ai_edge_litert import schema_py_generated as schema
     from ai_edge_litert.tools import flatbuffer_utils
 
     model = flatbuffer_utils.convert_bytearray_to_object(bytearray(flatbuffer))
     graph = model.subgraphs[0]
-    kinds = (schema.BuiltinOperator.CONV_2D, schema.BuiltinOperator.FULLY_CONNECTED)
+    codes = {getattr(schema.BuiltinOperator, kind) for kind in kinds}
     dequantize = schema.OperatorCodeT()
     dequantize.builtinCode = dequantize.deprecatedBuiltinCode = schema.BuiltinOperator.DEQUANTIZE
-    dequantize.version = 4  # the first version that takes per-channel int8 input
-    unpacks, kept = [], set(keep_float)
+    dequantize.version = dequantize_version
+    unpacks = []
     for op in graph.operators:
-        if flatbuffer_utils.get_builtin_code_from_operator_code(model.operatorCodes[op.opcodeIndex]) not in kinds:
+        if flatbuffer_utils.get_builtin_code_from_operator_code(model.operatorCodes[op.opcodeIndex]) not in codes:
             continue
         kernel = graph.tensors[op.inputs[1]]
         data = model.buffers[kernel.buffer].data
-        written = graph.tensors[op.outputs[0]].name.decode()
-        if written in kept or kernel.type != schema.TensorType.FLOAT32 or data is None:
+        if kernel.type != schema.TensorType.FLOAT32 or data is None:
             continue
-        ints, scale = per_channel_int8(np.frombuffer(bytes(data), np.float32).reshape(kernel.shape))
+        values = np.frombuffer(bytes(data), np.float32).reshape(kernel.shape)
+        packing = pack(graph.tensors[op.outputs[0]].name.decode(), kernel, values)
+        if packing is None:
+            continue
+        raw, tensor_type, suffix, quantization = packing
         packed = schema.BufferT()
-        packed.data = np.frombuffer(ints.tobytes(), np.uint8)
+        packed.data = np.frombuffer(raw, np.uint8)
         model.buffers.append(packed)
         model.buffers[kernel.buffer].data = None
         stored = schema.TensorT()
-        stored.name, stored.shape, stored.type = kernel.name + b"/int8", kernel.shape, schema.TensorType.INT8
+        stored.name, stored.shape, stored.type = kernel.name + suffix, kernel.shape, tensor_type
         stored.buffer = len(model.buffers) - 1
-        stored.quantization = schema.QuantizationParametersT()
-        stored.quantization.scale = [float(v) for v in scale]
-        stored.quantization.zeroPoint = [0] * len(scale)
-        stored.quantization.quantizedDimension = 0
+        stored.quantization = quantization
         graph.tensors.append(stored)
         unpack = schema.OperatorT()
         unpack.opcodeIndex = len(model.operatorCodes)
         unpack.inputs, unpack.outputs = [len(graph.tensors) - 1], [op.inputs[1]]
         unpacks.append(unpack)
     if not unpacks:
-        raise ToolkitError("found no float convolution or classifier kernel to store as int8")
+        return None
     model.operatorCodes.append(dequantize)
     graph.operators[:0] = unpacks
     return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
+
+
+def int8_kernels(flatbuffer: bytes, keep_float: Collection[str] = ()) -> bytes:
+    """Every constant float32 CONV_2D and FULLY_CONNECTED kernel stored as per-channel int8 behind a DEQUANTIZE,
+    except those of the ops writing a tensor named in `keep_float`. The lowered LRNs' band kernels are included:
+    each row holds one value and zeros, which the int8 grid stores exactly (float16 would round 2e-5)."""
+    from ai_edge_litert import schema_py_generated as schema
+
+    kept = set(keep_float)
+
+    def as_int8(written: str, kernel, values: np.ndarray):
+        if written in kept:
+            return None
+        ints, scale = per_channel_int8(values)
+        quantization = schema.QuantizationParametersT()
+        quantization.scale = [float(v) for v in scale]
+        quantization.zeroPoint = [0] * len(scale)
+        quantization.quantizedDimension = 0
+        return ints.tobytes(), schema.TensorType.INT8, b"/int8", quantization
+
+    # version 4: the first DEQUANTIZE that takes per-channel int8 input
+    packed = packed_kernels(flatbuffer, ("CONV_2D", "FULLY_CONNECTED"), as_int8, dequantize_version=4)
+    if packed is None:
+        raise ToolkitError("found no float convolution or classifier kernel to store as int8")
+    return packed

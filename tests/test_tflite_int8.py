@@ -113,12 +113,12 @@ def test_a_graph_without_a_max_pool_has_no_stem_to_keep(tmp_path: Path) -> None:
 DENSE = RNG.normal(0, 0.3, (16, 10)).astype(np.float32)
 
 
-def _classifier_converter():
+def _classifier_converter(first=KERNEL_1, second=KERNEL_2, dense=DENSE):
     @tf.function(input_signature=[tf.TensorSpec([1, 16, 16, 3], tf.float32)], autograph=False)
     def net(x):
-        y = tf.nn.relu(tf.nn.conv2d(x, KERNEL_1, 1, "SAME"))
-        y = tf.nn.relu(tf.nn.conv2d(y, KERNEL_2, 1, "SAME"))
-        return tf.matmul(tf.reduce_mean(y, axis=[1, 2]), DENSE)
+        y = tf.nn.relu(tf.nn.conv2d(x, first, 1, "SAME"))
+        y = tf.nn.relu(tf.nn.conv2d(y, second, 1, "SAME"))
+        return tf.matmul(tf.reduce_mean(y, axis=[1, 2]), dense)
 
     return tf.lite.TFLiteConverter.from_concrete_functions([net.get_concrete_function()], net)
 
@@ -188,31 +188,26 @@ def _on_grid(kernel: np.ndarray) -> np.ndarray:
 def test_weights_only_stores_the_int8_kernels_and_computes_in_float(tmp_path: Path) -> None:
     """weights_only: every kernel stored as the int8 integers a full-int8 model holds, behind a DEQUANTIZE, and
     every op in float; on weights already on the grid LiteRT computes what the float graph computes."""
-    global KERNEL_1, KERNEL_2, DENSE
-    saved = KERNEL_1, KERNEL_2, DENSE
-    KERNEL_1, KERNEL_2, DENSE = _on_grid(KERNEL_1), _on_grid(KERNEL_2), _on_grid(DENSE)
-    try:
-        fp32, weights, full = tmp_path / "fp32.tflite", tmp_path / "weights.tflite", tmp_path / "full.tflite"
-        fp32.write_bytes(_classifier_converter().convert())
-        only = TfliteInt8Config(float_stem=False, bias_correction=False, weights_only=True)
-        weights.write_bytes(quantize(_classifier_converter(), CALIBRATION, "float32", only))
-        full.write_bytes(quantize(_classifier_converter(), CALIBRATION, "float32", TfliteInt8Config.plain()))
-        ops = tflite_op_histogram(weights)
-        assert ops["DEQUANTIZE[INT8->FLOAT32]"] == 3 and ops["CONV_2D[FLOAT32]"] == 2
-        assert ops["FULLY_CONNECTED[FLOAT32]"] == 1 and not any("[INT8]" in op for op in ops), ops
-        stored = sorted(_kernels(weights).values(), key=lambda k: k.shape[-1])
-        for kernel, got in zip((KERNEL_1, KERNEL_2), stored, strict=True):
-            np.testing.assert_allclose(got, kernel, rtol=0, atol=1e-6 * np.abs(kernel).max())
-        # 3 of every 4 bytes saved, less the scales and DEQUANTIZE ops (float16 kernels would save under 3,100)
-        assert fp32.stat().st_size - weights.stat().st_size >= 3 * (KERNEL_1.size + KERNEL_2.size + DENSE.size) - 1000
-        x = RNG.normal(0, 1, (16, 16, 16, 3)).astype(np.float32)
-        expected = TfliteRunner(fp32)(x)
-        error = {p.name: np.abs(TfliteRunner(p)(x) - expected).max() for p in (weights, full)}
-        assert error["weights.tflite"] <= 1e-5 * np.abs(expected).max() < error["full.tflite"], error
-        with pytest.raises(ToolkitError, match="keeps activations float"):
-            quantize(_classifier_converter(), CALIBRATION, "int8", only)
-    finally:
-        KERNEL_1, KERNEL_2, DENSE = saved
+    kernels = _on_grid(KERNEL_1), _on_grid(KERNEL_2), _on_grid(DENSE)
+    fp32, weights, full = tmp_path / "fp32.tflite", tmp_path / "weights.tflite", tmp_path / "full.tflite"
+    fp32.write_bytes(_classifier_converter(*kernels).convert())
+    only = TfliteInt8Config(float_stem=False, bias_correction=False, weights_only=True)
+    weights.write_bytes(quantize(_classifier_converter(*kernels), CALIBRATION, "float32", only))
+    full.write_bytes(quantize(_classifier_converter(*kernels), CALIBRATION, "float32", TfliteInt8Config.plain()))
+    ops = tflite_op_histogram(weights)
+    assert ops["DEQUANTIZE[INT8->FLOAT32]"] == 3 and ops["CONV_2D[FLOAT32]"] == 2
+    assert ops["FULLY_CONNECTED[FLOAT32]"] == 1 and not any("[INT8]" in op for op in ops), ops
+    stored = sorted(_kernels(weights).values(), key=lambda k: k.shape[-1])
+    for kernel, got in zip(kernels[:2], stored, strict=True):
+        np.testing.assert_allclose(got, kernel, rtol=0, atol=1e-6 * np.abs(kernel).max())
+    # 3 of every 4 bytes saved, less the scales and DEQUANTIZE ops (float16 kernels would save under 3,100)
+    assert fp32.stat().st_size - weights.stat().st_size >= 3 * sum(k.size for k in kernels) - 1000
+    x = RNG.normal(0, 1, (16, 16, 16, 3)).astype(np.float32)
+    expected = TfliteRunner(fp32)(x)
+    error = {p.name: np.abs(TfliteRunner(p)(x) - expected).max() for p in (weights, full)}
+    assert error["weights.tflite"] <= 1e-5 * np.abs(expected).max() < error["full.tflite"], error
+    with pytest.raises(ToolkitError, match="keeps activations float"):
+        quantize(_classifier_converter(*kernels), CALIBRATION, "int8", only)
 
 
 def test_weights_only_keeps_the_float_stem_in_float16(tmp_path: Path) -> None:
