@@ -151,7 +151,8 @@ OPTIONS: dict[str, Option] = {
             "GPTQ weight rounding (TFLite: + bias correction; ONNX: + shared Concat grids); toolkit: the same "
             "without the GPTQ fit (faster); plain: the converter/ORT alone; learned-a16 (ONNX only): learned with "
             "int16 activations, for NPUs with A16W8 kernels; learned-weights: learned's int8 weights, float "
-            "activations (W8A32: int8's size, float arithmetic)",
+            "activations (W8A32: int8's size, float arithmetic); learned-palette (ONNX only): 8-bit palettized "
+            "weights, a fifth less weight error than int8's grid, float activations (W8A32, FP32's speed)",
         },
     ),
 }

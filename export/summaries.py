@@ -60,6 +60,8 @@ def summarize_onnx_int8(info: dict, timings: dict[str, float], target: str, cali
         rows.append(("int8 kernels on this host", f"{share:.0%} of MACs ({ops})" if share is not None else ops))
         if info.get("quantization", {}).get("activation_type") == "int16":
             ui.warn("int16 activations (A16W8): CPU kernels run this model in float; it is meant for A16W8 NPUs")
+        elif info.get("quantization", {}).get("weight_grid") == "palette":
+            ui.warn("8-bit palettized weights (W8A32): float arithmetic, unpacked at load; int8's size, FP32's speed")
         elif info.get("quantization", {}).get("weights_only"):
             ui.warn("weights only (W8A32): int8 weights, float arithmetic; as small as int8, not faster than FP32")
         elif mostly_float(kernels):

@@ -12,8 +12,12 @@ from pathlib import Path
 
 import numpy as np
 
-from export.ui import table
+from edge_runtime.hostinfo import int8_host_caveat
+from edge_runtime.sessions import throughput_runner
+from export.evaluation import EvalSet, measure_drift, predict
+from export.ui import step, table
 
+LAYER_REPORT_IMAGES = 4  # the per-layer error table's photos
 DRIFT_METRICS = ("top1", "top5", "top1_drop_pp", "top1_agreement", "top5_overlap", "kl_mean", "cosine_mean")
 
 
@@ -144,3 +148,50 @@ def layer_table(rows: list[dict], limit: int = 10):
         ("activation", "vs FP32", "own QDQ"),
         shown,
     )
+
+
+def drift_report(
+    fp32_path: Path,
+    int8_path: Path,
+    eval_set: EvalSet,
+    fp32_logits: np.ndarray | None,
+    workdir: Path,
+    int8_activations: bool = True,
+    host_skipped: str | None = None,
+) -> dict:
+    """The drift of `int8_path` from `fp32_path`, emulated (target-independent) and, unless `host_skipped`
+    says why not, run on this host's kernels. `int8_activations` False (int16 ones, run in float
+    everywhere): the host's int8 kernels are no caveat."""
+    if fp32_logits is None:
+        fp32_logits = predict(throughput_runner(fp32_path), eval_set.inputs, "Evaluating FP32")
+    from export.evaluation import accuracy
+
+    report: dict = {
+        "eval": {"images": len(eval_set), "labelled": int((eval_set.labels >= 0).sum())},
+        "fp32": {"accuracy": accuracy(fp32_logits, eval_set.labels)},
+        "host": None,
+        "emulated": measure_drift(
+            throughput_runner(int8_path, optimize=False), eval_set, fp32_logits, "Evaluating int8 (emulated)"
+        ),
+        "host_caveat": None,
+        "host_skipped": host_skipped,
+    }
+    if host_skipped is None:
+        report["host"] = measure_drift(throughput_runner(int8_path), eval_set, fp32_logits, "Evaluating int8 (host)")
+        report["host_caveat"] = int8_host_caveat() if int8_activations else None
+    step("measuring per-layer quantization error")
+    rows = layer_errors(fp32_path, int8_path, eval_set.inputs[:LAYER_REPORT_IMAGES], workdir)
+    report["layers"] = {"images": min(len(eval_set), LAYER_REPORT_IMAGES), "worst_first": rows}
+    return report
+
+
+def host_skipped(target: str, host_run: bool | None) -> str | None:
+    """Why the drift is not also run on this host's int8 kernels (None: it is). By default only when they are
+    the target's: an arm64 model on an x86 host runs other kernels than it was made for (ARM's compute what
+    the emulated run computes, docs/arm-emulation.md), and 400 more photos cost ~7 s of a 60 s budget."""
+    from quantize.presets import host_target
+
+    host = host_target()
+    if host_run or (host_run is None and target == host):
+        return None
+    return f"made for {target} int8 kernels, this host has {host} ones: `python -m benchmarks run` measures them"

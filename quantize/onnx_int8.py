@@ -14,9 +14,8 @@ import numpy as np
 import onnx
 
 from edge_runtime import kernel_coverage
-from edge_runtime.hostinfo import host_facts, int8_host_caveat, usable_cores
+from edge_runtime.hostinfo import host_facts, usable_cores
 from edge_runtime.metrics import file_sha256
-from edge_runtime.sessions import throughput_runner
 from export import __version__
 from export.artifact_record import ArtifactRecord, write_sidecar
 from export.artifacts import (
@@ -28,20 +27,19 @@ from export.artifacts import (
     staging_dir,
 )
 from export.errors import ToolkitError, one_line
-from export.evaluation import EvalSet, measure_drift, predict, round_floats
+from export.evaluation import EvalSet, round_floats
 from export.inspect_onnx import count_file
 from export.onnx_lrn import compact_lrn_bands, lowered_lrn_nodes, share_lrn_inputs
 from export.ui import progress, step
 from quantize.accuracy_control import control_accuracy
 from quantize.calibration import CalibrationSource, OrtCalibrationReader
-from quantize.drift import layer_errors
+from quantize.drift import drift_report, host_skipped
 from quantize.onnx_float import float_activations, floatable_activations, tensors_around, tensors_read_by
 from quantize.onnx_pools import keep_max_pools_float
-from quantize.onnx_weights import apply_rounding, with_model_stem
-from quantize.presets import QuantizationConfig, host_target
+from quantize.onnx_weights import apply_rounding, palettized_graph, with_model_stem
+from quantize.presets import QuantizationConfig
 from quantize.ranges import inputs_of_5x5_convs, set_mse_ranges, share_concat_ranges, widen_ranges
 
-LAYER_REPORT_IMAGES = 4
 # What the int8 model shares with its FP32 parent: identity, inputs and labels (not its accuracy).
 INHERITED_METADATA = (*MODEL_IDENTITY_KEYS, "preprocess", "labels")
 
@@ -206,49 +204,30 @@ def _quantize_static(pre: Path, out: Path, cache: Path, config: QuantizationConf
         )
 
 
-def drift_report(
-    fp32_path: Path,
-    int8_path: Path,
-    eval_set: EvalSet,
-    fp32_logits: np.ndarray | None,
-    workdir: Path,
-    int8_activations: bool = True,
-    host_skipped: str | None = None,
-) -> dict:
-    """The drift of `int8_path` from `fp32_path`, emulated (target-independent) and, unless `host_skipped`
-    says why not, run on this host's kernels. `int8_activations` False (int16 ones, run in float
-    everywhere): the host's int8 kernels are no caveat."""
-    if fp32_logits is None:
-        fp32_logits = predict(throughput_runner(fp32_path), eval_set.inputs, "Evaluating FP32")
-    from export.evaluation import accuracy
-
-    report: dict = {
-        "eval": {"images": len(eval_set), "labelled": int((eval_set.labels >= 0).sum())},
-        "fp32": {"accuracy": accuracy(fp32_logits, eval_set.labels)},
-        "host": None,
-        "emulated": measure_drift(
-            throughput_runner(int8_path, optimize=False), eval_set, fp32_logits, "Evaluating int8 (emulated)"
-        ),
-        "host_caveat": None,
-        "host_skipped": host_skipped,
-    }
-    if host_skipped is None:
-        report["host"] = measure_drift(throughput_runner(int8_path), eval_set, fp32_logits, "Evaluating int8 (host)")
-        report["host_caveat"] = int8_host_caveat() if int8_activations else None
-    step("measuring per-layer quantization error")
-    rows = layer_errors(fp32_path, int8_path, eval_set.inputs[:LAYER_REPORT_IMAGES], workdir)
-    report["layers"] = {"images": min(len(eval_set), LAYER_REPORT_IMAGES), "worst_first": rows}
-    return report
-
-
-def _host_skipped(target: str, host_run: bool | None) -> str | None:
-    """Why the drift is not also run on this host's int8 kernels (None: it is). By default only when they are
-    the target's: an arm64 model on an x86 host runs other kernels than it was made for (ARM's compute what
-    the emulated run computes, docs/arm-emulation.md), and 400 more photos cost ~7 s of a 60 s budget."""
-    host = host_target()
-    if host_run or (host_run is None and target == host):
-        return None
-    return f"made for {target} int8 kernels, this host has {host} ones: `python -m benchmarks run` measures them"
+def _quantize_qdq(pre: Path, pre_model: onnx.ModelProto, staged: Path, source, config, reference):
+    """ONNX Runtime's static QDQ quantization of `pre` with the recipe's rounding, ranges and float tensors:
+    the model, the rounding's record, and the nodes/tensors left float (LRN, max pools, activations)."""
+    count = int(source.describe()["images"])
+    rounding = None
+    if config.rounding != "nearest":
+        step(f"rounding the weights ({config.rounding}) on {count} calibration images")
+        rounding = apply_rounding(pre, reference, np.concatenate(list(source.batches())), config)
+    cache = calibrate(pre, source, config, count, staged.parent)
+    lrn_nodes = lowered_lrn_nodes(pre_model)  # no integer LRN kernel anywhere: float, between DQ and Q
+    _quantize_static(pre, staged, cache, config, lrn_nodes)
+    quantized = onnx.load(str(staged))
+    float_pools = keep_max_pools_float(quantized)
+    float_inputs = float_activations(
+        quantized,
+        [
+            *tensors_around(quantized, config.float_activation_nodes),
+            *tensors_read_by(quantized, config.float_inputs),
+            *(floatable_activations(quantized) if config.weights_only else []),
+        ],
+    )
+    compact_lrn_bands(quantized)  # quant_pre_process folded them into C x C floats: +164 KB
+    share_lrn_inputs(quantized)
+    return quantized, rounding, lrn_nodes, float_pools, float_inputs
 
 
 def quantize_onnx(
@@ -291,25 +270,17 @@ def quantize_onnx(
         _check_excludes(pre_model, config.exclude, fp32_path)
         _check_calibration_shape(pre_model, source)
         staged = stage / final.name
-        rounding = None
-        if config.rounding != "nearest":
-            step(f"rounding the weights ({config.rounding}) on {count} calibration images")
-            rounding = apply_rounding(pre, reference, np.concatenate(list(source.batches())), config)
-        cache = calibrate(pre, source, config, count, stage)
-        lrn_nodes = lowered_lrn_nodes(pre_model)  # no integer LRN kernel anywhere: float, between DQ and Q
-        _quantize_static(pre, staged, cache, config, lrn_nodes)
-        quantized = onnx.load(str(staged))
-        float_pools = keep_max_pools_float(quantized)
-        float_inputs = float_activations(
-            quantized,
-            [
-                *tensors_around(quantized, config.float_activation_nodes),
-                *tensors_read_by(quantized, config.float_inputs),
-                *(floatable_activations(quantized) if config.weights_only else []),
-            ],
-        )
-        compact_lrn_bands(quantized)  # quant_pre_process folded them into C x C floats: +164 KB
-        share_lrn_inputs(quantized)
+        if config.weight_grid == "palette":
+            if budget:
+                raise ToolkitError("accuracy control keeps activations float; learned-palette has no other kind")
+            step(f"fitting 8-bit weight palettes (GPTQ) on {count} calibration images")
+            images = np.concatenate(list(source.batches()))
+            quantized, rounding = palettized_graph(fp32_path, reference, images, config)
+            lrn_nodes, float_pools, float_inputs = [], [], []
+        else:
+            quantized, rounding, lrn_nodes, float_pools, float_inputs = _quantize_qdq(
+                pre, pre_model, staged, source, config, reference
+            )
         control = None
         if budget and validation is not None:
             quantized, control = control_accuracy(quantized, fp32_path, validation, budget)
@@ -319,8 +290,8 @@ def quantize_onnx(
         drift = None
         if eval_set is not None and len(eval_set):
             started = time.perf_counter()
-            int8_activations = config.activation_type != "int16"
-            skipped = _host_skipped(config.target, host_run)
+            int8_activations = config.activation_type != "int16" and not config.weights_only
+            skipped = host_skipped(config.target, host_run)
             drift = drift_report(fp32_path, staged, eval_set, fp32_logits, stage, int8_activations, skipped)
             drift["eval"]["dataset"] = eval_set_description(eval_set)
             timings["drift_s"] = time.perf_counter() - started

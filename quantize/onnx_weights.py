@@ -33,11 +33,8 @@ def on_graph_grid(graph_weight: np.ndarray, reference: np.ndarray, ints: np.ndar
     integers carry over, times sign(s)."""
     from quantize.rounding import to_float
 
-    pivot = np.abs(reference).argmax(axis=1)
-    rows = np.arange(len(reference))
-    scale = graph_weight[rows, pivot] / np.where(reference[rows, pivot] == 0, 1, reference[rows, pivot])
-    tolerance = 1e-4 * np.abs(graph_weight).max(axis=1, keepdims=True) + 1e-12
-    if not np.all(np.abs(graph_weight - scale[:, None] * reference) <= tolerance):
+    scale = _channel_factor(graph_weight, reference)
+    if scale is None:
         return None
     import torch
 
@@ -84,3 +81,67 @@ def apply_rounding(pre: Path, reference, images: np.ndarray, config: Quantizatio
         tensor.CopyFrom(numpy_helper.from_array(moved.reshape(graph_weight.shape).astype(np.float32), tensor.name))
     onnx.save(model, str(pre))
     return record
+
+
+def palettized_graph(
+    fp32: Path, reference, images: np.ndarray, config: QuantizationConfig
+) -> tuple[onnx.ModelProto, dict]:
+    """The FP32 graph at `fp32` with every conv/classifier weight (not of a node in `config.exclude`) stored as
+    an 8-bit palette fitted on `images` (NCHW) with the reference PyTorch model (`quantize.palette`): a uint8
+    index per weight, read through Cast -> Gather(codebook) -> Mul(channel scales), which ONNX Runtime folds into
+    float weights at load. Returns the graph and the sidecar's record of the fit."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from quantize.palette import palettized_copy
+    from quantize.rounding import quantized_layers
+
+    if reference is None:
+        raise ToolkitError("8-bit palettes need the PyTorch reference model")
+    model = onnx.load(str(fp32))
+    float_weights = {name for node in model.graph.node if node.name in config.exclude for name in node.input}
+    skip = tuple(name for name in quantized_layers(reference) if f"{name}.weight" in float_weights)
+    _, palettes, record = palettized_copy(reference, images, skip)
+    originals = quantized_layers(reference, skip)
+    by_name = {tensor.name: tensor for tensor in model.graph.initializer}
+    unpack = []
+    for name, palette in palettes.items():
+        tensor = by_name.get(f"{name}.weight")
+        if tensor is None:
+            raise ToolkitError(f"layer {name} has no weight {name}.weight in the graph", fp32)
+        shape = tuple(tensor.dims)
+        graph_weight = numpy_helper.to_array(tensor).astype(np.float32).reshape(shape[0], -1)
+        original = originals[name].weight.detach().float().numpy().reshape(shape[0], -1)
+        factor = _channel_factor(graph_weight, original)
+        if factor is None:
+            raise ToolkitError(f"the graph's {tensor.name} is not layer {name}'s weight (up to a channel scale)", fp32)
+        palette = palette.scaled(factor)
+        base = tensor.name
+        model.graph.initializer.remove(tensor)
+        model.graph.initializer.extend(
+            [
+                numpy_helper.from_array(palette.indices.reshape(shape), f"{base}_palette_index"),
+                numpy_helper.from_array(palette.codebook, f"{base}_codebook"),
+                numpy_helper.from_array(palette.scale.reshape((-1,) + (1,) * (len(shape) - 1)), f"{base}_scale"),
+            ]
+        )
+        index = f"{base}_palette_index"
+        unpack += [
+            helper.make_node("Cast", [index], [f"{base}_index"], f"{base}/cast", to=TensorProto.INT32),
+            helper.make_node("Gather", [f"{base}_codebook", f"{base}_index"], [f"{base}_levels"], f"{base}/gather"),
+            helper.make_node("Mul", [f"{base}_levels", f"{base}_scale"], [base], f"{base}/scale"),
+        ]
+    for node in reversed(unpack):  # constants only: first in topological order
+        model.graph.node.insert(0, node)
+    return model, record
+
+
+def _channel_factor(graph_weight: np.ndarray, reference: np.ndarray) -> np.ndarray | None:
+    """Per output channel s with graph_weight = s * reference (1 for the reference network; batch norm's scale in
+    the torchvision variant), or None when the graph's weight is not the reference's up to such a scale."""
+    pivot = np.abs(reference).argmax(axis=1)
+    rows = np.arange(len(reference))
+    factor = graph_weight[rows, pivot] / np.where(reference[rows, pivot] == 0, 1, reference[rows, pivot])
+    tolerance = 1e-4 * np.abs(graph_weight).max(axis=1, keepdims=True) + 1e-12
+    if not np.all(np.abs(graph_weight - factor[:, None] * reference) <= tolerance):
+        return None
+    return factor.astype(np.float32)

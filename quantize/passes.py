@@ -42,6 +42,10 @@ PASSES: dict[str, Pass] = {
             "weights-only",
             "int8 weights behind a dequantize, every activation float (W8A32): the size of int8, float arithmetic",
         ),
+        Pass(
+            "palette-weights",
+            "8-bit palettized weights (256 levels per layer x a scale per channel, GPTQ-rounded), activations float",
+        ),
         Pass("mse-ranges", "activation ranges of least int8 error instead of min-max (quantize.ranges)"),
         Pass(
             "wide-5x5-inputs",

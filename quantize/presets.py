@@ -48,6 +48,9 @@ class QuantizationConfig:
     wide_5x5_inputs: float = 1.0
     # every activation float, the weights int8 (W8A32: the size of int8, the weights' error alone, float arithmetic)
     weights_only: bool = False
+    # "int8" (per-channel symmetric, QDQ) or "palette" (`quantize.palette`: a uint8 index per weight into a
+    # 256-level codebook per layer, unpacked by Cast/Gather/Mul that ONNX Runtime folds at load; W8A32)
+    weight_grid: Literal["int8", "palette"] = "int8"
     recipe: str = "toolkit"  # the name in RECIPES these settings came from (recorded in the sidecar)
     passes: tuple[str, ...] = ()  # that recipe's `quantize.passes`, in the order applied
 
@@ -82,6 +85,9 @@ class QuantizationConfig:
         data["float_inputs"] = list(self.float_inputs)
         data["float_activation_nodes"] = list(self.float_activation_nodes)
         data["passes"] = list(self.passes)
+        if self.weight_grid == "palette":
+            data.update(weight_type="uint8 index into a float32 codebook", bias_type="float32", format="Gather LUT")
+            return data
         data["weight_type"] = "int8"
         data["weight_symmetric"] = True
         data["bias_type"] = "int32"
@@ -107,6 +113,7 @@ ONNX_PASSES: dict[str, dict] = {
     "wide-5x5-inputs": {"wide_5x5_inputs": WIDE_5X5_FACTOR},
     # no int8 kernel runs, so no u8s8 saturation to avoid: full 8-bit weights on every target
     "weights-only": {"weights_only": True, "reduce_range": False},
+    "palette-weights": {"weight_grid": "palette", "weights_only": True, "reduce_range": False},
 }
 # `toolkit`: `learned` without its GPTQ fit, and with a float stem whose conv1 weights stay int8 (so the file stays
 # within 26% of FP32); chosen on validation splits: logit RMS 0.138 -> 0.066 (docs/int8-fidelity.md)
@@ -134,6 +141,9 @@ RECIPES: dict[str, tuple[str, ...]] = {
     "learned-a16": (*_LEARNED, "int16-activations"),
     # opt-in: `learned`'s int8 weights with every activation float (W8A32), for GPU delegates and short flash
     "learned-weights": (*_LEARNED, "weights-only"),
+    # opt-in, ONNX only: 8-bit palettized weights (GPTQ onto a codebook per layer), conv1 float, every activation
+    # float; a fifth less weight error than the int8 grid (docs/int8-fidelity.md, session 17), FP32's speed
+    "learned-palette": ("gptq-rounding", "float-stem", "palette-weights"),
     # single steps, measured on their own (docs/int8-fidelity.md)
     "learned-float-conv1": ("gptq-rounding", "float-stem", *_LEARNED[2:5]),  # `learned` until session 11
     "learned-calibrated-5x5": _LEARNED[:5],  # `learned` until session 13 (the 5x5-reduce ranges as calibrated)

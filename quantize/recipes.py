@@ -11,7 +11,7 @@ from __future__ import annotations
 
 CLI_RECIPES = ("toolkit", "plain", "learned", "learned-weights")  # defined by every int8 format
 # defined by one format only; any other refuses them in one line before any work
-FORMAT_RECIPES: dict[str, tuple[str, ...]] = {"onnx": ("learned-a16",)}
+FORMAT_RECIPES: dict[str, tuple[str, ...]] = {"onnx": ("learned-a16", "learned-palette")}
 RECIPE_CHOICES = (*CLI_RECIPES, *(name for names in FORMAT_RECIPES.values() for name in names))
 
 

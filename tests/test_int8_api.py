@@ -232,10 +232,12 @@ def test_weights_only_keeps_int8_weights_and_no_activation_grid(tmp_path: Path) 
 
 @pytest.mark.slow
 def test_learned_a16_on_the_real_network(bvlc_onnx_export, bvlc_loaded, imagenet_sample_dir, tmp_path: Path) -> None:
-    """`--int8-recipe learned-a16` and `learned-weights` on the real network and photos: the same int8 weights as
-    `learned` (one GPTQ fit); a16 puts int16 grids on the same ranges, and so leaves a small fraction of the
-    activation error of `learned`, each judged against `learned-weights` (the same int8 weights, every activation
-    float). Judged on the calibration photos: on others, 12 photos' ranges clip, the same on both grids."""
+    """`--int8-recipe learned-a16`, `learned-weights` and `learned-palette` on the real network and photos:
+    a16 and weights keep the same int8 weights as `learned` (one GPTQ fit); a16 puts int16 grids on the same
+    ranges, and so leaves a small fraction of the activation error of `learned`, each judged against
+    `learned-weights` (the same int8 weights, every activation float); the palettes leave less weight error
+    than the int8 grid. Judged on the calibration photos: on others, 12 photos' ranges clip, the same on both
+    grids."""
     from onnx import numpy_helper
 
     from edge_runtime.sessions import throughput_runner
@@ -245,7 +247,7 @@ def test_learned_a16_on_the_real_network(bvlc_onnx_export, bvlc_loaded, imagenet
     source = FolderSource(imagenet_sample_dir, bvlc_loaded.preprocess, size=12, seed=3)
     photos = source.arrays()
     stored, logits = {}, {}
-    for name in ("learned", "learned-a16", "learned-weights"):
+    for name in ("learned", "learned-a16", "learned-weights", "learned-palette"):
         out = tmp_path / name / "googlenet.int8.onnx"  # not beside the shared FP32 export, which other tests list
         result = quantize(
             bvlc_onnx_export.path, source, Int8Preset("onnx", name), out_path=out, reference=bvlc_loaded.model
@@ -264,3 +266,13 @@ def test_learned_a16_on_the_real_network(bvlc_onnx_export, bvlc_loaded, imagenet
     assert activations == {"int16"}, activations
     error = {name: float(np.sqrt(np.mean((logits[name] - logits["learned-weights"]) ** 2))) for name in stored}
     assert error["learned-a16"] < 0.1 * error["learned"], error
+    # 8-bit palettes: a uint8 index per weight of every layer but conv1 (float: the recipe's float stem), no
+    # int8 grid anywhere, and less weight error than the int8 grid's (FP32's logits on the same photos)
+    palette = stored["learned-palette"]
+    indices = [k for k, v in palette.items() if k.endswith("_palette_index")]
+    assert len(indices) == 57 and all(palette[k].dtype == np.uint8 for k in indices)
+    assert palette["conv1.conv.weight"].dtype == np.float32
+    assert not any(v.dtype == np.int8 for v in palette.values())
+    fp32 = predict(throughput_runner(bvlc_onnx_export.path), photos, "FP32")
+    weight_error = {name: float(np.sqrt(np.mean((logits[name] - fp32) ** 2))) for name in stored}
+    assert weight_error["learned-palette"] < weight_error["learned-weights"], weight_error

@@ -33,7 +33,7 @@ from quantize import (
     QuantizationConfig,
     quantize_onnx,
 )
-from quantize.onnx_int8 import LAYER_REPORT_IMAGES
+from quantize.drift import LAYER_REPORT_IMAGES
 
 pytestmark = pytest.mark.slow
 
