@@ -33,7 +33,15 @@ _MS_LAYERS: dict[str, tuple[int, int, int | None]] = {"QGemm": (0, 3, 6)}  # onn
 _WEIGHT_PATH_OPS = frozenset(
     {"DequantizeLinear", "QuantizeLinear", "Identity", "Cast", "Transpose", "Reshape", "Squeeze", "Unsqueeze"}
 )
-_NAME_SUFFIXES = ("_quantized", "_quant", ":0", ".weight", "_weight", "/W", "/weights", "/kernel")
+_NAME_SUFFIXES = ("_quantized", "_quant", "_palette_index", ":0", ".weight", "_weight", "/W", "/weights", "/kernel")
+
+
+def _palette_step(node: onnx.NodeProto, constants: dict) -> bool:
+    """A step of a palettized weight (`quantize.palette`): Gather(codebook, indices) or Mul(levels, scales),
+    the codebook and the scales stored: the weight's parameters are the indices, one per weight."""
+    if len(node.input) != 2 or node.op_type not in ("Gather", "Mul"):
+        return False
+    return (node.input[0] if node.op_type == "Gather" else node.input[1]) in constants
 
 
 def load_onnx(path: str | Path) -> onnx.ModelProto:
@@ -130,6 +138,9 @@ class _OnnxGraph:
                 return name
             seen.add(name)
             node = self.producers.get(name)
+            if node is not None and _palette_step(node, self.constants):
+                name = node.input[1 if node.op_type == "Gather" else 0]  # the stored indices; past the scales
+                continue
             if node is None or node.op_type not in _WEIGHT_PATH_OPS or not node.input:
                 return None
             name = node.input[0]

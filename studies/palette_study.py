@@ -21,86 +21,19 @@ import time
 import numpy as np
 import torch
 
-from quantize.rounding import (
-    RoundingSettings,
-    auto_damping,
-    grid_scale,
-    layer_hessians,
-    quantized_layers,
-    round_layer,
-    to_float,
-)
+from quantize.palette import palette_gptq
+from quantize.rounding import RoundingSettings, auto_damping, layer_hessians, quantized_layers, round_layer, to_float
 from studies.splits import Cells, logit_rms, logits, split_study_parser, study_splits
 
 STEM = ("conv1.conv",)
 
 
-def kmeans_1d(values: np.ndarray, weights: np.ndarray, levels: int, iterations: int = 30) -> np.ndarray:
-    """Weighted Lloyd-Max levels of 1-D `values`, started at the high-resolution optimum: level density
-    proportional to the cube root of the values' density (Panter-Dite), from a fine histogram."""
-    order = np.argsort(values)
-    values, weights = values[order], weights[order]
-    bins = np.linspace(values[0], values[-1], 4097)
-    density, _ = np.histogram(values, bins, weights=weights)
-    cumulative = np.concatenate([[0], np.cumsum(np.cbrt(density))])
-    cumulative /= cumulative[-1]
-    centres = np.interp((np.arange(levels) + 0.5) / levels, cumulative, bins)
-    centres[0], centres[-1] = values[0], values[-1]  # the extremes exactly: the largest weights matter most
-    for _ in range(iterations):
-        edges = (centres[1:] + centres[:-1]) / 2
-        cell = np.searchsorted(edges, values)
-        mass = np.bincount(cell, weights, len(centres))
-        sums = np.bincount(cell, weights * values, len(centres))
-        keep = mass > 0
-        centres = np.sort(sums[keep] / mass[keep])
-    return centres
-
-
-def nearest_level(x: np.ndarray, levels: np.ndarray) -> np.ndarray:
-    edges = (levels[1:] + levels[:-1]) / 2
-    return levels[np.searchsorted(edges, x)]
-
-
-def palette_gptq(weight: torch.Tensor, hessian: torch.Tensor, damping: float, normalise: str, weighted: bool):
-    """GPTQ onto a per-layer codebook of the channel-normalised weights; returns the float weights."""
-    if normalise == "max":
-        scale = grid_scale(weight)  # rows in [-127, 127]
-    else:
-        scale = weight.pow(2).mean(dim=1, keepdim=True).sqrt()
-        scale = torch.where(scale == 0, torch.ones_like(scale), scale)
-    w = (weight.double() / scale.double()).clone()
-    h = hessian.double().clone()
-    dead = torch.diagonal(h) == 0
-    h[dead, dead] = 1.0
-    importance = np.broadcast_to(torch.diagonal(h).numpy()[None, :] * (scale.double() ** 2).numpy(), w.shape)
-    levels = kmeans_1d(w.numpy().ravel(), importance.ravel() if weighted else np.ones(w.numel()), 256)
-    order = torch.argsort(torch.diagonal(h), descending=True)
-    w, h = w[:, order], h[order][:, order]
-    h += damping * torch.diagonal(h).mean() * torch.eye(h.shape[0], dtype=h.dtype)
-    hinv = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(h)), upper=True)
-    out = torch.zeros_like(w)
-    block = 128
-    hinv_np = hinv.numpy()
-    for start in range(0, w.shape[1], block):
-        end = min(start + block, w.shape[1])
-        chunk = w[:, start:end].T.numpy().copy()
-        errors = np.zeros_like(chunk)
-        for j in range(end - start):
-            col = chunk[j]
-            q = nearest_level(col, levels)
-            out[:, start + j] = torch.from_numpy(q)
-            err = (col - q) / hinv_np[start + j, start + j]
-            chunk[j:] -= hinv_np[start + j, start + j : end][:, None] * err[None, :]
-            errors[j] = err
-        w[:, end:] -= torch.from_numpy(errors.T.copy()) @ hinv[start:end, end:]
-    return (out[:, torch.argsort(order)] * scale.double()).float(), len(levels)
-
-
-def round_weights(model, images: np.ndarray, variant: str) -> dict:
+def round_weights(model, images: np.ndarray, variant: str) -> None:
+    """GPTQ in place onto the int8 grid (`uniform`) or onto a palette (`palette`; `palette-unweighted`: levels
+    fitted to the weights alone, not to what their errors cost at the layer's output)."""
     settings = RoundingSettings(method="gptq")
     layers = quantized_layers(model, STEM)
     stats = layer_hessians(model, images, layers, positions_per_input=settings.positions_per_input, seed=0)
-    info = {"levels_min": 256}
     with torch.no_grad():
         for name, module in layers.items():
             weight = module.weight.detach().float().reshape(module.weight.shape[0], -1)
@@ -108,11 +41,9 @@ def round_weights(model, images: np.ndarray, variant: str) -> dict:
             if variant == "uniform":
                 new = to_float(weight, round_layer(weight, hessian, count, settings))
             else:
-                normalise, weighted = variant.split("-")[1], variant.endswith("weighted")
-                new, used = palette_gptq(weight, hessian, auto_damping(weight.shape[1], count), normalise, weighted)
-                info["levels_min"] = min(info["levels_min"], used)
+                damping = auto_damping(weight.shape[1], count)
+                new = torch.from_numpy(palette_gptq(weight, hessian, damping, variant == "palette").weights())
             module.weight.copy_(new.reshape(module.weight.shape))
-    return info
 
 
 def held_out_cells(loaded, args, cells: Cells) -> None:
@@ -136,7 +67,7 @@ def held_out_cells(loaded, args, cells: Cells) -> None:
 
 def main() -> None:
     parser = split_study_parser(__doc__)
-    parser.add_argument("--variants", nargs="+", default=["uniform", "palette-max", "palette-max-weighted"])
+    parser.add_argument("--variants", nargs="+", default=["uniform", "palette-unweighted", "palette"])
     parser.add_argument("--held-out", action="store_true", help="the five-draw measurement on the 400 held out")
     args = parser.parse_args()
     from export.weights import load_model
@@ -151,10 +82,10 @@ def main() -> None:
         for variant in args.variants:
             model = copy.deepcopy(loaded.model).eval()
             started = time.perf_counter()
-            info = round_weights(model, split.fit.array, variant)
+            round_weights(model, split.fit.array, variant)
             seconds = time.perf_counter() - started
             rms = logit_rms(logits(model, split.inputs), split.reference)
-            cells.add(seed=split.seed, variant=variant, logit_rms=round(rms, 5), fit_seconds=round(seconds, 1), **info)
+            cells.add(seed=split.seed, variant=variant, logit_rms=round(rms, 5), fit_seconds=round(seconds, 1))
     cells.write(args.out)
 
 

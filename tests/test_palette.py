@@ -139,6 +139,11 @@ def test_learned_palette_graph_computes_the_palettized_network(tmp_path: Path) -
     with torch.no_grad():
         assert np.abs(expected - reference(torch.from_numpy(unseen)).numpy()).max() > 0  # the weights changed
 
+    from export.inspect_onnx import count_file
+
+    counted, original = count_file(out), count_file(fp32)  # the indices are the weights: one parameter each
+    assert [(x.name, x.params, x.macs) for x in counted.layers] == [(x.name, x.params, x.macs) for x in original.layers]
+
     quantization = json.loads(Path(result.sidecar).read_text())["quantization"]
     assert quantization["weight_grid"] == "palette" and quantization["format"] == "Gather LUT"
     assert quantization["passes"] == ["gptq-rounding", "float-stem", "palette-weights"]
