@@ -9,9 +9,10 @@ any nearest-level rounding, so the weights are rounded to the codebook column by
 rounds them to the integers. The file keeps one uint8 index per weight (the size of int8); ONNX Runtime computes
 `codebook[index] * scale` once, at load (constant folding), then runs FP32 kernels: FP32's speed, float
 arithmetic (as Core ML's 8-bit palettization). Measured (docs/int8-fidelity.md, session 17): weights-only logit
-error on validation splits 0.0285 / 0.0271 / 0.0273 -> 0.0225 / 0.0209 / 0.0228 (seeds 0-2); five draws on
-held-out photos 99.20 / 98.75% -> 99.40 / 99.25% mean / worst agreement. LiteRT has no load-time folding for a
-gather: the same graph there runs 7x slower than FP32, so TFLite keeps the int8 grid (`quantize.tflite_weights`).
+error on validation splits 0.0285 / 0.0271 / 0.0273 -> 0.0225 / 0.0209 / 0.0228 (seeds 0-2); ten draws on
+held-out photos (ONNX, against the int8 grid's weights): 99.25 / 98.50% -> 99.30 / 99.00% mean / worst
+agreement. LiteRT folds no gather at load: the same graph there runs 3.6-6.8x slower than FP32, so TFLite keeps
+the int8 grid (`quantize.tflite_weights`).
 """
 
 from __future__ import annotations
