@@ -37,7 +37,7 @@ from quantize.drift import drift_report, host_skipped
 from quantize.onnx_float import float_activations, floatable_activations, tensors_around, tensors_read_by
 from quantize.onnx_pools import keep_max_pools_float
 from quantize.onnx_weights import apply_rounding, palettized_graph, with_model_stem
-from quantize.presets import QuantizationConfig
+from quantize.presets import QuantizationConfig, refuse_accuracy_control
 from quantize.ranges import inputs_of_5x5_convs, set_mse_ranges, share_concat_ranges, widen_ranges
 
 # What the int8 model shares with its FP32 parent: identity, inputs and labels (not its accuracy).
@@ -204,10 +204,9 @@ def _quantize_static(pre: Path, out: Path, cache: Path, config: QuantizationConf
         )
 
 
-def _quantize_qdq(pre: Path, pre_model: onnx.ModelProto, staged: Path, source, config, reference):
+def _quantize_qdq(pre: Path, pre_model: onnx.ModelProto, staged: Path, source, count: int, config, reference):
     """ONNX Runtime's static QDQ quantization of `pre` with the recipe's rounding, ranges and float tensors:
     the model, the rounding's record, and the nodes/tensors left float (LRN, max pools, activations)."""
-    count = int(source.describe()["images"])
     rounding = None
     if config.rounding != "nearest":
         step(f"rounding the weights ({config.rounding}) on {count} calibration images")
@@ -244,6 +243,8 @@ def quantize_onnx(
 ) -> Int8Result:
     """Quantize, stamp metadata, measure drift; `googlenet.int8.onnx` appears only when all succeeded.
     `host_run`: also run the drift on this host's int8 kernels (None: only when they are the target's)."""
+    if budget:
+        refuse_accuracy_control(config)
     fp32_path = Path(fp32_path)
     final = out_path or int8_path_for(fp32_path)
     metadata = read_onnx_metadata(fp32_path)
@@ -271,15 +272,17 @@ def quantize_onnx(
         _check_calibration_shape(pre_model, source)
         staged = stage / final.name
         if config.weight_grid == "palette":
-            if budget:
-                raise ToolkitError("accuracy control keeps activations float; learned-palette has no other kind")
             step(f"fitting 8-bit weight palettes (GPTQ) on {count} calibration images")
             images = np.concatenate(list(source.batches()))
             quantized, rounding = palettized_graph(fp32_path, reference, images, config)
-            lrn_nodes, float_pools, float_inputs = [], [], []
+            # nothing is quantized but the weights: every LRN, pool and activation computes in float
+            lrn_nodes = lowered_lrn_nodes(quantized)
+            nodes = quantized.graph.node
+            float_pools = [node.name for node in nodes if node.op_type == "MaxPool"]
+            float_inputs = list(dict.fromkeys(node.input[0] for node in nodes if node.op_type in ("Conv", "Gemm")))
         else:
             quantized, rounding, lrn_nodes, float_pools, float_inputs = _quantize_qdq(
-                pre, pre_model, staged, source, config, reference
+                pre, pre_model, staged, source, count, config, reference
             )
         control = None
         if budget and validation is not None:

@@ -155,6 +155,12 @@ RECIPES: dict[str, tuple[str, ...]] = {
 }
 
 
+def refuse_accuracy_control(config: QuantizationConfig) -> None:
+    """The accuracy-aware mode keeps activations float; a palette recipe has no other kind (a ToolkitError)."""
+    if config.weight_grid == "palette":
+        raise ToolkitError(f"--max-drop/--min-agreement keep activations float; {config.recipe}'s all are already")
+
+
 def recipe_passes(name: str) -> tuple[str, ...]:
     try:
         return RECIPES[name]

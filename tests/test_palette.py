@@ -148,6 +148,7 @@ def test_learned_palette_graph_computes_the_palettized_network(tmp_path: Path) -
     assert quantization["weight_grid"] == "palette" and quantization["format"] == "Gather LUT"
     assert quantization["passes"] == ["gptq-rounding", "float-stem", "palette-weights"]
     assert quantization["rounding"]["layers"] == ["conv", "fc"] and "codebook" in quantization["rounding"]["grid"]
+    assert quantization["float_ops"]["activations"] == ["x", "f"]  # what the conv and the classifier read
 
 
 def test_learned_palette_refuses_accuracy_control(tmp_path: Path) -> None:

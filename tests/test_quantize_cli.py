@@ -400,6 +400,8 @@ def _setup_bad_input(kind: str, root: Path, photos: list[Path]) -> list[str]:
         return ["--calib", str(root / "calib.npz")]
     if kind == "unknown-target":
         return ["--target", "riscv"]
+    if kind == "palette-with-a-budget":
+        return ["--int8-recipe", "learned-palette", "--max-drop", "0.3"]
     raise AssertionError(kind)
 
 
@@ -413,6 +415,7 @@ BAD_INPUT = {
     "npy-wrong-shape": ("calib.npy", "(3, 100, 100)", "(3, 224, 224)"),
     "npz-mixed-shapes": ("calib.npz",),
     "unknown-target": ("--target", "riscv"),
+    "palette-with-a-budget": ("--max-drop/--min-agreement", "learned-palette's all are already"),
 }
 
 
