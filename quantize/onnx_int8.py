@@ -36,7 +36,7 @@ from quantize.calibration import CalibrationSource, OrtCalibrationReader
 from quantize.drift import drift_report, host_skipped
 from quantize.onnx_float import float_activations, floatable_activations, tensors_around, tensors_read_by
 from quantize.onnx_pools import keep_max_pools_float
-from quantize.onnx_weights import apply_rounding, palettized_graph, with_model_stem
+from quantize.onnx_weights import apply_rounding, palettized_graph, weights_folded_at_load, with_model_stem
 from quantize.presets import QuantizationConfig, refuse_accuracy_control
 from quantize.ranges import inputs_of_5x5_convs, set_mse_ranges, share_concat_ranges, widen_ranges
 
@@ -226,6 +226,8 @@ def _quantize_qdq(pre: Path, pre_model: onnx.ModelProto, staged: Path, source, c
     )
     compact_lrn_bands(quantized)  # quant_pre_process folded them into C x C floats: +164 KB
     share_lrn_inputs(quantized)
+    if config.weights_only:
+        weights_folded_at_load(quantized)
     return quantized, rounding, lrn_nodes, float_pools, float_inputs
 
 

@@ -145,3 +145,46 @@ def _channel_factor(graph_weight: np.ndarray, reference: np.ndarray) -> np.ndarr
     if not np.all(np.abs(graph_weight - factor[:, None] * reference) <= tolerance):
         return None
     return factor.astype(np.float32)
+
+
+def weights_folded_at_load(model: onnx.ModelProto) -> int:
+    """Each DequantizeLinear of a stored tensor (the weights and biases of a weights-only model) rewritten as
+    Cast -> Mul, in place; returns how many. The same values: DequantizeLinear computes float(q) * scale with a
+    zero point of 0, one rounding, as Mul(Cast(q), scale) does. But ONNX Runtime keeps DequantizeLinear unfolded
+    (for its int8 kernels) and so dequantizes 7 M weights at every run (1.2-2.2x FP32's latency), while it folds
+    Cast and Mul of constants into float weights at load: FP32's speed, as with `palettized_graph`."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    stored = {tensor.name: tensor for tensor in model.graph.initializer}
+    nodes, folded = [], 0
+    for node in model.graph.node:
+        zero = stored.get(node.input[2]) if len(node.input) > 2 and node.input[2] else None
+        if (
+            node.op_type != "DequantizeLinear"
+            or node.input[0] not in stored
+            or node.input[1] not in stored
+            or (zero is not None and np.any(numpy_helper.to_array(zero) != 0))
+        ):
+            nodes.append(node)
+            continue
+        scale = numpy_helper.to_array(stored[node.input[1]])
+        scale_name = node.input[1]
+        rank = len(stored[node.input[0]].dims)
+        if scale.size > 1 and rank > 1:  # per channel along `axis`: broadcast it as Mul does not
+            axis = next((a.i for a in node.attribute if a.name == "axis"), 1) % rank
+            shape = [1] * rank
+            shape[axis] = scale.size
+            scale_name = f"{node.input[1]}_{'x'.join(map(str, shape))}"
+            if scale_name not in stored:
+                stored[scale_name] = numpy_helper.from_array(scale.reshape(shape), scale_name)
+                model.graph.initializer.append(stored[scale_name])
+        values = f"{node.input[0]}_values"
+        nodes.append(helper.make_node("Cast", [node.input[0]], [values], f"{node.name}/cast", to=TensorProto.FLOAT))
+        nodes.append(helper.make_node("Mul", [values, scale_name], [node.output[0]], f"{node.name}/scale"))
+        folded += 1
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    used = {name for node in model.graph.node for name in node.input}
+    for tensor in [t for t in model.graph.initializer if t.name not in used]:
+        model.graph.initializer.remove(tensor)  # the zero points, the per-channel scales' flat form
+    return folded

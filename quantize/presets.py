@@ -91,7 +91,8 @@ class QuantizationConfig:
         data["weight_type"] = "int8"
         data["weight_symmetric"] = True
         data["bias_type"] = "int32"
-        data["format"] = "QDQ"
+        # weights only: Cast -> Mul instead of DequantizeLinear, so that ONNX Runtime folds them at load
+        data["format"] = "Cast/Mul dequantization" if self.weights_only else "QDQ"
         return data
 
 

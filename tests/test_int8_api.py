@@ -199,8 +199,9 @@ def test_int16_activations_keep_int8_weights_and_a_finer_grid(tmp_path: Path) ->
 
 
 def test_weights_only_keeps_int8_weights_and_no_activation_grid(tmp_path: Path) -> None:
-    """The `weights-only` pass (W8A32): the int8 weights stay (a DequantizeLinear each), no activation is
-    quantized, so the model computes the float graph on the dequantized weights."""
+    """The `weights-only` pass (W8A32): the int8 weights stay (dequantized by Cast -> Mul, which ONNX Runtime
+    folds at load), no activation is quantized, so the model computes the float graph on the dequantized
+    weights, with graph optimisations off and on alike."""
     from onnx import TensorProto, numpy_helper
 
     from edge_runtime.sessions import throughput_runner
@@ -216,18 +217,21 @@ def test_weights_only_keeps_int8_weights_and_no_activation_grid(tmp_path: Path) 
     quantize_onnx(fp32, ArraySource(images, origin="test"), config, out_path=out)
     model = onnx.load(str(out))
     ops = [node.op_type for node in model.graph.node]
-    assert "QuantizeLinear" not in ops and ops.count("DequantizeLinear") == 1, ops  # the weights' own
+    assert "QuantizeLinear" not in ops and "DequantizeLinear" not in ops, ops
+    assert ops.count("Cast") == ops.count("Mul") == 1, ops  # the weights' own dequantization
     stored = {t.name: t for t in model.graph.initializer}
     assert stored["w_quantized"].data_type == TensorProto.INT8
     dequantized = numpy_helper.to_array(stored["w_quantized"]).astype(np.float32) * numpy_helper.to_array(
-        stored["w_scale"]
-    ).reshape(-1, 1, 1, 1)
+        stored["w_scale_4x1x1x1"]  # the channel scales, shaped to broadcast along the output channels
+    )
     on_grid = onnx.load(str(fp32))
     on_grid.graph.initializer[0].CopyFrom(numpy_helper.from_array(dequantized, "w"))
     onnx.save(on_grid, str(tmp_path / "on-grid.onnx"))
     expected = throughput_runner(tmp_path / "on-grid.onnx")(unseen)
     np.testing.assert_allclose(throughput_runner(out, optimize=False)(unseen), expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(throughput_runner(out)(unseen), expected, rtol=1e-5, atol=1e-6)  # folded at load
     assert np.abs(expected - throughput_runner(fp32)(unseen)).max() > 0  # the weights were rounded
+    assert json.loads(Path(f"{out}.json").read_text())["quantization"]["format"] == "Cast/Mul dequantization"
 
 
 @pytest.mark.slow
