@@ -24,7 +24,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from quantize.rounding import INT8_MAX, auto_damping, grid_scale, layer_hessians, quantized_layers
+from quantize.rounding import (
+    INT8_MAX,
+    auto_damping,
+    gptq_columns,
+    gptq_order,
+    grid_scale,
+    layer_hessians,
+    quantized_layers,
+)
 
 PALETTE_LEVELS = 256  # one uint8 index per weight
 LLOYD_ITERATIONS = 30
@@ -79,38 +87,19 @@ def nearest_level(values: np.ndarray, levels: np.ndarray) -> np.ndarray:
 
 def palette_gptq(weight: torch.Tensor, hessian: torch.Tensor, damping: float, weighted: bool = True) -> Palette:
     """The palette of `weight` [out, in]: levels fitted to the weights in units of their channel's int8 step
-    (`weighted`: by what each weight's error costs at the output; without, a fifth of the gain is lost on
+    (`weighted`: by what each weight's error costs at the output; without, half the gain or more is lost on
     validation splits), then GPTQ (act-order, blocks of 128 columns) rounding each column to the nearest
     level with error feedback."""
     scale = grid_scale(weight.float(), INT8_MAX)
     w = weight.double() / scale.double()
-    h = hessian.double().clone()
-    dead = torch.diagonal(h) == 0
-    h[dead, dead] = 1.0
-    importance = torch.diagonal(h)[None, :] * scale.double() ** 2
-    importance = importance if weighted else torch.ones_like(importance)
+    energy = torch.diagonal(hessian).double().clone()
+    energy[energy == 0] = 1.0  # as `gptq_order` treats dead inputs
+    importance = energy[None, :] * scale.double() ** 2 if weighted else torch.ones_like(w)
     levels = lloyd_max_levels(w.numpy(), importance.expand_as(w).numpy())
     levels64 = levels.astype(np.float64)
-    order = torch.argsort(torch.diagonal(h), descending=True)
-    w, h = w[:, order].clone(), h[order][:, order]
-    h += damping * torch.diagonal(h).mean() * torch.eye(h.shape[0], dtype=h.dtype)
-    hinv = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(h)), upper=True)
-    hinv_np = hinv.numpy()
-    indices = np.zeros(tuple(w.shape), np.int64)
-    block = 128
-    for start in range(0, w.shape[1], block):
-        end = min(start + block, w.shape[1])
-        chunk = w[:, start:end].T.numpy().copy()  # [columns, out]
-        errors = np.zeros_like(chunk)
-        for j in range(end - start):
-            column = chunk[j]
-            chosen = nearest_level(column, levels)
-            indices[:, start + j] = chosen
-            error = (column - levels64[chosen]) / hinv_np[start + j, start + j]
-            chunk[j:] -= hinv_np[start + j, start + j : end][:, None] * error[None, :]
-            errors[j] = error
-        w[:, end:] -= torch.from_numpy(errors.T.copy()) @ hinv[start:end, end:]
-    indices = indices[:, torch.argsort(order).numpy()]
+    order, hinv = gptq_order(hessian, damping)
+    values = gptq_columns(w[:, order], hinv, lambda _, column: levels64[nearest_level(column, levels)])
+    indices = nearest_level(values[:, torch.argsort(order)].numpy(), levels)  # each value is a level exactly
     return Palette(indices.astype(np.uint8), levels, scale.reshape(-1).numpy().astype(np.float32))
 
 

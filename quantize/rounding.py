@@ -24,7 +24,7 @@ that shortcut is measured in docs/int8-fidelity.md).
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -112,36 +112,54 @@ def auto_damping(columns: int, count: int) -> float:
     return min(1.0, 0.01 + columns / max(count, 1))
 
 
-def gptq(
-    weight: torch.Tensor, hessian: torch.Tensor, damping: float = 0.01, act_order: bool = True, qmax: int = INT8_MAX
-) -> torch.Tensor:
-    """Integer weights [out, in] by sequential rounding with error feedback (GPTQ), on a fixed grid."""
-    w = (weight.double() / grid_scale(weight, qmax).double()).clone()  # in grid units
-    pin = pinned(weight)
-    pin_value = _pin_values(weight, qmax).double()
+def gptq_order(hessian: torch.Tensor, damping: float, act_order: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """GPTQ's column order (largest input energy first with `act_order`) and the upper Cholesky factor of the
+    damped inverse H in that order: what `gptq_columns` needs."""
     h = hessian.double().clone()
     dead = torch.diagonal(h) == 0
     h[dead, dead] = 1.0
     order = torch.argsort(torch.diagonal(h), descending=True) if act_order else torch.arange(h.shape[0])
-    w, pin, pin_value, h = w[:, order], pin[:, order], pin_value[:, order], h[order][:, order]
+    h = h[order][:, order]
     h += damping * torch.diagonal(h).mean() * torch.eye(h.shape[0], dtype=h.dtype)
-    hinv = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(h)), upper=True)
-    ints = torch.zeros_like(w)
+    return order, torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(h)), upper=True)
+
+
+def gptq_columns(w: torch.Tensor, hinv: torch.Tensor, choose: Callable[[int, np.ndarray], np.ndarray]) -> torch.Tensor:
+    """Sequential rounding with error feedback (the OBQ/GPTQ solver) of `w` [out, in], float64, its columns in
+    `gptq_order` (updated in place): column j becomes `choose(j, values)`, any nearest-level rounding, and the
+    error it leaves is spread over the columns not yet rounded. Returns the chosen values, in that order."""
+    chosen = torch.zeros_like(w)
     block = 128
+    hinv_np = hinv.numpy()
     # the column loop in numpy, columns as rows: the same float64 operations as torch's, a third of the overhead
-    pin_t, pin_value_t, hinv_np = pin.T.numpy().copy(), pin_value.T.numpy().copy(), hinv.numpy()
     for start in range(0, w.shape[1], block):
         end = min(start + block, w.shape[1])
         chunk = w[:, start:end].T.numpy().copy()  # [columns, out]
         errors = np.zeros_like(chunk)
         for j in range(end - start):
             col = chunk[j]
-            q = np.where(pin_t[start + j], pin_value_t[start + j], np.clip(np.round(col), -qmax, qmax))
-            ints[:, start + j] = torch.from_numpy(q)
+            q = choose(start + j, col)
+            chosen[:, start + j] = torch.from_numpy(q)
             err = (col - q) / hinv_np[start + j, start + j]
             chunk[j:] -= hinv_np[start + j, start + j : end][:, None] * err[None, :]
             errors[j] = err
         w[:, end:] -= torch.from_numpy(errors.T.copy()) @ hinv[start:end, end:]
+    return chosen
+
+
+def gptq(
+    weight: torch.Tensor, hessian: torch.Tensor, damping: float = 0.01, act_order: bool = True, qmax: int = INT8_MAX
+) -> torch.Tensor:
+    """Integer weights [out, in] by sequential rounding with error feedback (GPTQ), on a fixed grid."""
+    w = (weight.double() / grid_scale(weight, qmax).double()).clone()  # in grid units
+    order, hinv = gptq_order(hessian, damping, act_order)
+    pin = pinned(weight)[:, order].T.numpy().copy()
+    pin_value = _pin_values(weight, qmax).double()[:, order].T.numpy().copy()
+
+    def nearest_int(j: int, col: np.ndarray) -> np.ndarray:
+        return np.where(pin[j], pin_value[j], np.clip(np.round(col), -qmax, qmax))
+
+    ints = gptq_columns(w[:, order], hinv, nearest_int)
     return ints[:, torch.argsort(order)].float()
 
 
