@@ -42,6 +42,14 @@ def on_graph_grid(graph_weight: np.ndarray, reference: np.ndarray, ints: np.ndar
     return to_float(torch.from_numpy(graph_weight), signed, qmax).numpy()
 
 
+def _float_layers(model: onnx.ModelProto, reference, config: QuantizationConfig) -> tuple[str, ...]:
+    """The reference's layers whose graph node `config` keeps float (the stem of `learned`): their weights stay."""
+    from quantize.rounding import quantized_layers
+
+    float_weights = {name for node in model.graph.node if node.name in config.exclude for name in node.input}
+    return tuple(name for name in quantized_layers(reference) if f"{name}.weight" in float_weights)
+
+
 def apply_rounding(pre: Path, reference, images: np.ndarray, config: QuantizationConfig) -> dict:
     """Write weights rounded by `config.rounding` (fitted on `images`, NCHW, with the reference PyTorch
     model) into the graph at `pre`, so ONNX Runtime's round-to-nearest reproduces them exactly."""
@@ -60,8 +68,7 @@ def apply_rounding(pre: Path, reference, images: np.ndarray, config: Quantizatio
         raise ToolkitError(f"rounding {config.rounding!r} needs the PyTorch reference model")
     model = onnx.load(str(pre))
     # layers whose graph node stays float (the stem of `learned`) keep their float weights
-    float_weights = {name for node in model.graph.node if node.name in config.exclude for name in node.input}
-    skip = tuple(name for name in quantized_layers(reference) if f"{name}.weight" in float_weights)
+    skip = _float_layers(model, reference, config)
     qmax = REDUCED_INT8_MAX if config.reduce_range else INT8_MAX  # the grid ORT will quantize these weights on
     rounded, record = rounded_copy(reference, images, RoundingSettings(method=config.rounding, qmax=qmax), skip)
     originals = quantized_layers(reference, skip)
@@ -98,8 +105,7 @@ def palettized_graph(
     if reference is None:
         raise ToolkitError("8-bit palettes need the PyTorch reference model")
     model = onnx.load(str(fp32))
-    float_weights = {name for node in model.graph.node if node.name in config.exclude for name in node.input}
-    skip = tuple(name for name in quantized_layers(reference) if f"{name}.weight" in float_weights)
+    skip = _float_layers(model, reference, config)
     _, palettes, record = palettized_copy(reference, images, skip)
     originals = quantized_layers(reference, skip)
     by_name = {tensor.name: tensor for tensor in model.graph.initializer}

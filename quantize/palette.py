@@ -103,11 +103,6 @@ def palette_gptq(weight: torch.Tensor, hessian: torch.Tensor, damping: float, we
     return Palette(indices.astype(np.uint8), levels, scale.reshape(-1).numpy().astype(np.float32))
 
 
-def _output_error(weight: torch.Tensor, new: np.ndarray, hessian: torch.Tensor, count: int) -> float:
-    error = torch.from_numpy(new).double() - weight.double()
-    return float(((error @ hessian.double()) * error).sum() / max(count, 1))
-
-
 @torch.no_grad()
 def palettized_copy(
     model: nn.Module, images: np.ndarray, skip: Iterable[str] = (), seed: int = 0
@@ -116,7 +111,7 @@ def palettized_copy(
     name, and the sidecar's record of how they were fitted (on `images`, NCHW)."""
     import copy
 
-    from quantize.rounding import nearest_ints, to_float
+    from quantize.rounding import nearest_ints, to_float, weights_output_error
 
     torch.manual_seed(seed)
     fitted = copy.deepcopy(model).eval()
@@ -128,10 +123,11 @@ def palettized_copy(
         hessian, count = stats[name]
         palette = palette_gptq(weight, hessian, auto_damping(weight.shape[1], count))
         palettes[name] = palette
-        nearest = _output_error(weight, to_float(weight, nearest_ints(weight)).numpy(), hessian, count)
+        new = torch.from_numpy(palette.weights())
+        nearest = weights_output_error(weight, to_float(weight, nearest_ints(weight)), hessian, count)
         if nearest > 0:
-            ratios.append(_output_error(weight, palette.weights(), hessian, count) / nearest)
-        module.weight.copy_(torch.from_numpy(palette.weights()).reshape(module.weight.shape))
+            ratios.append(weights_output_error(weight, new, hessian, count) / nearest)
+        module.weight.copy_(new.reshape(module.weight.shape))
     record = {
         "method": "gptq",
         "grid": "per-layer codebook of 256 levels (weighted Lloyd-Max) x per-channel scale max|w|/127",

@@ -98,7 +98,12 @@ def output_error(
     weight: torch.Tensor, ints: torch.Tensor, hessian: torch.Tensor, count: int, qmax: int = INT8_MAX
 ) -> float:
     """Mean over output positions of the summed squared output error: trace(E H E^T) / N (E = w~ - w)."""
-    error = (to_float(weight, ints, qmax) - weight).double()
+    return weights_output_error(weight, to_float(weight, ints, qmax), hessian, count)
+
+
+def weights_output_error(weight: torch.Tensor, new: torch.Tensor, hessian: torch.Tensor, count: int) -> float:
+    """`output_error` of any new weights [out, in] (not only the int8 grid's)."""
+    error = (new - weight).double()
     return float(((error @ hessian.double()) * error).sum() / max(count, 1))
 
 

@@ -10,7 +10,8 @@ the format for GPU delegates, which compute in float anyway, and for devices whe
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Collection, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -30,6 +31,23 @@ def per_channel_int8(values: np.ndarray, axis: int = 0) -> tuple[np.ndarray, np.
     return np.moveaxis(ints, 0, axis), scale
 
 
+def constant_kernels(model, kinds: Collection[str]) -> Iterator[tuple[Any, Any, np.ndarray]]:
+    """The ops of `kinds` (builtin names) in the first subgraph of `model` (a flatbuffer ModelT) whose kernel,
+    input 1, is a constant float32 tensor: each op, its kernel tensor and the kernel's values."""
+    from ai_edge_litert import schema_py_generated as schema
+    from ai_edge_litert.tools import flatbuffer_utils
+
+    graph = model.subgraphs[0]
+    codes = {getattr(schema.BuiltinOperator, kind) for kind in kinds}
+    for op in list(graph.operators):
+        if flatbuffer_utils.get_builtin_code_from_operator_code(model.operatorCodes[op.opcodeIndex]) not in codes:
+            continue
+        kernel = graph.tensors[op.inputs[1]]
+        data = model.buffers[kernel.buffer].data
+        if kernel.type == schema.TensorType.FLOAT32 and data is not None:
+            yield op, kernel, np.frombuffer(bytes(data), np.float32).reshape(kernel.shape)
+
+
 def packed_kernels(flatbuffer: bytes, kinds: Collection[str], pack, dequantize_version: int) -> bytes | None:
     """The constant float32 kernels of the ops of `kinds` (builtin names) stored packed behind a DEQUANTIZE;
     None if `pack` packed none. `pack(written, kernel, values)` gets the name of the tensor the op writes, the
@@ -40,19 +58,11 @@ def packed_kernels(flatbuffer: bytes, kinds: Collection[str], pack, dequantize_v
 
     model = flatbuffer_utils.convert_bytearray_to_object(bytearray(flatbuffer))
     graph = model.subgraphs[0]
-    codes = {getattr(schema.BuiltinOperator, kind) for kind in kinds}
     dequantize = schema.OperatorCodeT()
     dequantize.builtinCode = dequantize.deprecatedBuiltinCode = schema.BuiltinOperator.DEQUANTIZE
     dequantize.version = dequantize_version
     unpacks = []
-    for op in graph.operators:
-        if flatbuffer_utils.get_builtin_code_from_operator_code(model.operatorCodes[op.opcodeIndex]) not in codes:
-            continue
-        kernel = graph.tensors[op.inputs[1]]
-        data = model.buffers[kernel.buffer].data
-        if kernel.type != schema.TensorType.FLOAT32 or data is None:
-            continue
-        values = np.frombuffer(bytes(data), np.float32).reshape(kernel.shape)
+    for op, kernel, values in constant_kernels(model, kinds):
         packing = pack(graph.tensors[op.outputs[0]].name.decode(), kernel, values)
         if packing is None:
             continue

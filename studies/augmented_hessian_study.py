@@ -21,17 +21,15 @@ import dataclasses
 import time
 
 import numpy as np
-import torch
 from PIL import Image
 
 from benchmarks.int8_fidelity import validation_indices
 from export.images import load_image
 from export.weights import load_model
 from quantize.calibration import FolderSource
-from quantize.rounding import RoundingSettings, layer_hessians, quantized_layers, round_layer, to_float
-from studies.splits import Cells, logit_rms, logits, split_study_parser, study_splits
+from quantize.rounding import RoundingSettings, round_layer, to_float
+from studies.splits import Cells, logit_rms, logits, replace_weights, split_study_parser, study_splits
 
-STEM = ("conv1.conv",)
 CORNERS = ((16, 16), (0, 0), (32, 0), (0, 32), (32, 32))  # (left, top) in the 256x256 image; centre first
 
 
@@ -59,14 +57,9 @@ def views_of(paths: list, preprocess, views: int) -> np.ndarray:
 def round_weights(model, images: np.ndarray, damping_divisor: int) -> None:
     """GPTQ in place, as `learned_rounding`, with the automatic damping of count / `damping_divisor` positions."""
     settings = RoundingSettings(method="gptq")
-    layers = quantized_layers(model, STEM)
-    stats = layer_hessians(model, images, layers, positions_per_input=settings.positions_per_input, seed=0)
-    with torch.no_grad():
-        for name, module in layers.items():
-            weight = module.weight.detach().float().reshape(module.weight.shape[0], -1)
-            hessian, count = stats[name]
-            ints = round_layer(weight, hessian, count // damping_divisor, settings)  # count only sets the damping
-            module.weight.copy_(to_float(weight, ints, settings.qmax).reshape(module.weight.shape))
+    replace_weights(  # count only sets the damping
+        model, images, lambda w, h, count: to_float(w, round_layer(w, h, count // damping_divisor, settings))
+    )
 
 
 def main() -> None:

@@ -26,6 +26,8 @@ def palettized(flatbuffer: bytes, smallest: int = 2000) -> tuple[bytes, int]:
     from ai_edge_litert import schema_py_generated as schema
     from ai_edge_litert.tools import flatbuffer_utils
 
+    from quantize.tflite_weights import constant_kernels
+
     model = flatbuffer_utils.convert_bytearray_to_object(bytearray(flatbuffer))
     graph = model.subgraphs[0]
 
@@ -54,16 +56,8 @@ def palettized(flatbuffer: bytes, smallest: int = 2000) -> tuple[bytes, int]:
         return op
 
     cast, gather, mul = (opcode(getattr(schema.BuiltinOperator, n)) for n in ("CAST", "GATHER", "MUL"))
-    codes = {getattr(schema.BuiltinOperator, kind) for kind in PALETTED_OPS}
     unpack, count = [], 0
-    for op in list(graph.operators):
-        if flatbuffer_utils.get_builtin_code_from_operator_code(model.operatorCodes[op.opcodeIndex]) not in codes:
-            continue
-        kernel = graph.tensors[op.inputs[1]]
-        data = model.buffers[kernel.buffer].data
-        if kernel.type != schema.TensorType.FLOAT32 or data is None:
-            continue
-        weight = np.frombuffer(bytes(data), np.float32).reshape(kernel.shape)
+    for op, kernel, weight in constant_kernels(model, PALETTED_OPS):
         if weight.size < smallest:
             continue
         rows = weight.reshape(len(weight), -1)

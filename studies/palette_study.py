@@ -22,28 +22,22 @@ import numpy as np
 import torch
 
 from quantize.palette import palette_gptq
-from quantize.rounding import RoundingSettings, auto_damping, layer_hessians, quantized_layers, round_layer, to_float
-from studies.splits import Cells, logit_rms, logits, split_study_parser, study_splits
-
-STEM = ("conv1.conv",)
+from quantize.rounding import RoundingSettings, auto_damping, round_layer, to_float
+from studies.splits import Cells, logit_rms, logits, replace_weights, split_study_parser, study_splits
 
 
 def round_weights(model, images: np.ndarray, variant: str) -> None:
     """GPTQ in place onto the int8 grid (`uniform`) or onto a palette (`palette`; `palette-unweighted`: levels
     fitted to the weights alone, not to what their errors cost at the layer's output)."""
     settings = RoundingSettings(method="gptq")
-    layers = quantized_layers(model, STEM)
-    stats = layer_hessians(model, images, layers, positions_per_input=settings.positions_per_input, seed=0)
-    with torch.no_grad():
-        for name, module in layers.items():
-            weight = module.weight.detach().float().reshape(module.weight.shape[0], -1)
-            hessian, count = stats[name]
-            if variant == "uniform":
-                new = to_float(weight, round_layer(weight, hessian, count, settings))
-            else:
-                damping = auto_damping(weight.shape[1], count)
-                new = torch.from_numpy(palette_gptq(weight, hessian, damping, variant == "palette").weights())
-            module.weight.copy_(new.reshape(module.weight.shape))
+
+    def rounded(weight: torch.Tensor, hessian: torch.Tensor, count: int) -> torch.Tensor:
+        if variant == "uniform":
+            return to_float(weight, round_layer(weight, hessian, count, settings))
+        palette = palette_gptq(weight, hessian, auto_damping(weight.shape[1], count), variant == "palette")
+        return torch.from_numpy(palette.weights())
+
+    replace_weights(model, images, rounded)
 
 
 def held_out_cells(loaded, args, cells: Cells) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -52,6 +52,24 @@ def logits(model: torch.nn.Module, inputs: torch.Tensor) -> torch.Tensor:
 
 def logit_rms(out: torch.Tensor, reference: torch.Tensor) -> float:
     return float((out - reference).pow(2).mean().sqrt())
+
+
+STEM = ("conv1.conv",)  # the float stem of the recipes: its weights are never rounded
+
+
+@torch.no_grad()
+def replace_weights(model: torch.nn.Module, images: np.ndarray, new_weight: Callable) -> None:
+    """Each conv/linear weight of `model` but the stem's, as [out, in], replaced in place by `new_weight(weight,
+    H, positions)`: H from `images` (NCHW) with the positions `learned_rounding` samples, seed 0."""
+    from quantize.rounding import RoundingSettings, layer_hessians, quantized_layers
+
+    layers = quantized_layers(model, STEM)
+    sample = RoundingSettings().positions_per_input
+    stats = layer_hessians(model, images, layers, positions_per_input=sample, seed=0)
+    for name, module in layers.items():
+        weight = module.weight.detach().float().reshape(module.weight.shape[0], -1)
+        hessian, count = stats[name]
+        module.weight.copy_(new_weight(weight, hessian, count).reshape(module.weight.shape))
 
 
 def study_splits(loaded, args: argparse.Namespace) -> Iterator[Split]:
