@@ -83,11 +83,12 @@ def _weights_only(loaded, calibration_nchw: np.ndarray, recipe: str, inputs: np.
     import torch
 
     from quantize.api import Int8Preset
-    from quantize.rounding import RoundingSettings, nearest_ints, quantized_layers, rounded_copy, to_float
+    from quantize.rounding import nearest_ints, quantized_layers, to_float
+    from quantize.tflite_quant import fitted_weights
 
     config = Int8Preset("tflite", recipe).settings()
     skip = ("conv1.conv",) if config.float_stem else ()
-    model, _ = rounded_copy(loaded.model, calibration_nchw, RoundingSettings(method=config.rounding), skip)
+    model, _ = fitted_weights(loaded.model, calibration_nchw, config)
     if config.rounding == "nearest":
         with torch.no_grad():
             for module in quantized_layers(model, skip).values():

@@ -181,6 +181,7 @@ class Format:
     # int8 (`quantize.api.quantize`): an `Int8Preset` -> the backend's settings, and the quantizer itself
     int8_settings: Ref | None = None
     quantizer: Ref | None = None
+    own_int8_recipes: tuple[str, ...] = ()  # `--int8-recipe` names only this format defines (quantize.recipes)
 
 
 FORMATS: tuple[Format, ...] = (
@@ -208,6 +209,7 @@ FORMATS: tuple[Format, ...] = (
         emulates_int8=True,
         int8_settings=Ref("quantize.api:onnx_settings"),
         quantizer=Ref("quantize.api:quantize_onnx_model"),
+        own_int8_recipes=("learned-a16", "learned-palette"),
     ),
     Format(
         name="tflite",
@@ -233,6 +235,7 @@ FORMATS: tuple[Format, ...] = (
         delegate="xnnpack",
         int8_settings=Ref("quantize.api:tflite_settings"),
         quantizer=Ref("quantize.api:quantize_tflite_model"),
+        own_int8_recipes=("learned-mixed",),
     ),
 )
 BY_NAME = {f.name: f for f in FORMATS}

@@ -54,6 +54,7 @@ def run_onnx(args: argparse.Namespace) -> int:
     check_opset(args.opset or DEFAULT_OPSET)  # cheap checks first, in the order they always came
     check_paths(args.out, args.eval, not args.no_eval)
     _check_quantize_options(args)
+    check_recipe("onnx", args.int8_recipe)
     if args.quantize and (args.max_drop is not None or args.min_agreement is not None):
         from quantize.api import Int8Preset
         from quantize.presets import refuse_accuracy_control

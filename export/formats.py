@@ -152,7 +152,9 @@ OPTIONS: dict[str, Option] = {
             "without the GPTQ fit (faster); plain: the converter/ORT alone; learned-a16 (ONNX only): learned with "
             "int16 activations, for NPUs with A16W8 kernels; learned-weights: learned's int8 weights, float "
             "activations (W8A32: int8's size, float arithmetic); learned-palette (ONNX only): 8-bit palettized "
-            "weights, a fifth less weight error than int8's grid, float activations (W8A32, FP32's speed)",
+            "weights, a fifth less weight error than int8's grid, float activations (W8A32, FP32's speed); "
+            "learned-mixed (TFLite only): learned-weights with channels equalized and the most sensitive "
+            "convolutions in float16 (about the palette's error, on LiteRT's affine format)",
         },
     ),
 }

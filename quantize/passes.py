@@ -46,6 +46,14 @@ PASSES: dict[str, Pass] = {
             "palette-weights",
             "8-bit palettized weights (256 levels per layer x a scale per channel, GPTQ-rounded), activations float",
         ),
+        Pass(
+            "equalize-channels",
+            "W8A32 only: channels rescaled between layers (same function) so each int8 row's grid fits its weights",
+        ),
+        Pass(
+            "float16-sensitive",
+            "W8A32 only: the convolutions of most measured logit error per byte keep float16 weights (1% of FP32's)",
+        ),
         Pass("mse-ranges", "activation ranges of least int8 error instead of min-max (quantize.ranges)"),
         Pass(
             "wide-5x5-inputs",

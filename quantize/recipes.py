@@ -9,9 +9,11 @@ tables' other names are single steps, for `benchmarks.int8_fidelity`.
 
 from __future__ import annotations
 
+from edge_runtime.formats import FORMATS
+
 CLI_RECIPES = ("toolkit", "plain", "learned", "learned-weights")  # defined by every int8 format
 # defined by one format only; any other refuses them in one line before any work
-FORMAT_RECIPES: dict[str, tuple[str, ...]] = {"onnx": ("learned-a16", "learned-palette")}
+FORMAT_RECIPES: dict[str, tuple[str, ...]] = {f.name: f.own_int8_recipes for f in FORMATS if f.own_int8_recipes}
 RECIPE_CHOICES = (*CLI_RECIPES, *(name for names in FORMAT_RECIPES.values() for name in names))
 
 

@@ -51,6 +51,10 @@ class TfliteInt8Config:
     wide_5x5_inputs: float = 1.0
     # int8 kernels behind DEQUANTIZE on the float graph, no activation quantized (`quantize.tflite_weights`)
     weights_only: bool = False
+    # weights-only refinements (`quantize.equalization`, `quantize.mixed_precision`): channels rescaled between
+    # layers before rounding; the convolutions of most logit error per byte kept float16
+    equalize: bool = False
+    float16_layers: bool = False
 
     @classmethod
     def plain(cls) -> TfliteInt8Config:
@@ -67,7 +71,9 @@ class TfliteInt8Config:
         ]
         if self.weights_only:
             data["kept_float"] = ["every activation (weights-only: int8 kernels dequantized at load)",
-                                  *(["conv1 (float16 weights)"] if self.float_stem else [])]  # fmt: skip
+                                  *(["conv1 (float16 weights)"] if self.float_stem else []),
+                                  *(["the convolutions in fit.float16.layers (float16 weights)"]
+                                    if self.float16_layers else [])]  # fmt: skip
             data["weight_rounding"] = self.rounding
             return data
         data["kept_float"] = [
@@ -90,8 +96,11 @@ TFLITE_PASSES: dict[str, dict] = {
     "hybrid-classifier": {"float_logits": True},
     "wide-5x5-inputs": {"wide_5x5_inputs": WIDE_5X5_FACTOR},
     "weights-only": {"weights_only": True},
+    "equalize-channels": {"equalize": True},
+    "float16-sensitive": {"float16_layers": True},
 }
 _STEM_BIAS_POOL = ("float-stem", "bias-correction", "pool-own-grid")
+_MIXED = ("equalize-channels", "float16-sensitive")
 # Named recipes (`--int8-recipe`), as passes on top of the converter's own post-training int8 (`plain`).
 RECIPES: dict[str, tuple[str, ...]] = {
     # `learned` without the fit; the hybrid classifier chosen on validation splits: logit RMS 0.085 -> 0.059
@@ -101,6 +110,9 @@ RECIPES: dict[str, tuple[str, ...]] = {
     "learned": (*_STEM_BIAS_POOL, "gptq-rounding", "hybrid-classifier", "wide-5x5-inputs"),
     # opt-in: `learned`'s weights with float activations (W8A32); five draws 99.20 / 98.75% (docs/int8-fidelity.md)
     "learned-weights": (*_STEM_BIAS_POOL, "gptq-rounding", "weights-only"),
+    # opt-in, TFLite only: `learned-weights` with channels equalized before GPTQ and the layers of most error per
+    # byte in float16 (no bias correction: it would "correct" the float16 kernels); chosen on validation splits
+    "learned-mixed": ("float-stem", "pool-own-grid", "gptq-rounding", "weights-only", *_MIXED),
     "learned-calibrated-5x5": (*_STEM_BIAS_POOL, "gptq-rounding", "hybrid-classifier"),  # until session 13
     "gptq": (*_STEM_BIAS_POOL, "gptq-rounding"),  # single steps, measured on their own
     "stem-bias-pool": _STEM_BIAS_POOL,  # the default before the hybrid classifier
@@ -111,9 +123,12 @@ def recipe(name: str) -> TfliteInt8Config:
     from quantize.passes import apply_passes
 
     try:
-        return apply_passes(TfliteInt8Config.plain(), RECIPES[name], TFLITE_PASSES)
+        config = apply_passes(TfliteInt8Config.plain(), RECIPES[name], TFLITE_PASSES)
     except KeyError:
         raise ToolkitError(f"unknown --int8-recipe {name!r} (choose from {', '.join(RECIPES)})") from None
+    if (config.equalize or config.float16_layers) and not config.weights_only:
+        raise ToolkitError(f"--int8-recipe {name}: equalize-channels and float16-sensitive need weights-only")
+    return config
 
 
 def rounding_error(kernel: np.ndarray) -> np.ndarray:
@@ -223,11 +238,14 @@ def _ops_of(model):
         yield model, op, names.get(code)
 
 
-def quantize(converter, calibration: np.ndarray, io: str, config: TfliteInt8Config) -> bytes:
+def quantize(
+    converter, calibration: np.ndarray, io: str, config: TfliteInt8Config, float16_kernels: frozenset = frozenset()
+) -> bytes:
     """Calibrate `converter` on `calibration` (NHWC, the input's own convention), then quantize to int8.
 
     The calibrated float model goes through the same MLIR quantizer `converter.convert()` would call,
-    only with the stem on its denylist when `config.float_stem`.
+    only with the stem on its denylist when `config.float_stem`. Weights-only: the kernels whose
+    `kernel_digest` is in `float16_kernels` are stored float16, the others int8.
     """
     import tensorflow as tf
     from tensorflow.lite.python import convert as tflite_convert  # the converter's own quantizer entry point
@@ -236,8 +254,8 @@ def quantize(converter, calibration: np.ndarray, io: str, config: TfliteInt8Conf
         if io != "float32":
             raise ToolkitError(f"--int8-recipe learned-weights keeps activations float: --io {io} needs int8 ones")
         flat = converter.convert()
-        flat = int8_kernels(flat, keep_float=stem_tensor_names(flat) if config.float_stem else ())
-        flat = stem_weights_to_fp16(flat) if config.float_stem else flat
+        flat = int8_kernels(flat, stem_tensor_names(flat) if config.float_stem else (), float16_kernels)
+        flat = stem_weights_to_fp16(flat) if config.float_stem or float16_kernels else flat
         return tflite_convert.deduplicate_readonly_buffers(flat)
     converter.optimizations = [tf.lite.Optimize.DEFAULT]
     converter.representative_dataset = lambda: ([image[None]] for image in calibration)

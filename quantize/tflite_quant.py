@@ -49,11 +49,16 @@ def default_int8() -> TfliteInt8Config:
     return tflite_recipe(DEFAULT_RECIPE)
 
 
-def _concrete_function(loaded: LoadedModel, io: str, calibration: np.ndarray | None, config: TfliteInt8Config):
-    """The TF function the converter reads; with `calibration`, int8 weight-rounding bias corrected."""
+def _concrete_function(
+    loaded: LoadedModel, io: str, calibration: np.ndarray | None, config: TfliteInt8Config, fit: dict | None = None
+):
+    """The TF function the converter reads; with `calibration`, int8 weight-rounding bias corrected. `fit`, if
+    given, receives what the weight fit decided (`float16_kernels`, and the sidecar's `record`)."""
     model = loaded.model
     if calibration is not None and config.rounding != "nearest":
-        model = _rounded_model(loaded, io, calibration, config)
+        model, record = _rounded_model(loaded, io, calibration, config)
+        if fit is not None:
+            fit.update(record)
     net, body = tf_network(loaded, io, model, global_mean=config.global_mean)
     if calibration is not None and config.bias_correction:
         recorded = net.record_layer_inputs(body, (calibration[i : i + 10] for i in range(0, len(calibration), 10)))
@@ -63,9 +68,8 @@ def _concrete_function(loaded: LoadedModel, io: str, calibration: np.ndarray | N
 
 def _rounded_model(loaded: LoadedModel, io: str, calibration: np.ndarray, config: TfliteInt8Config):
     """The PyTorch model with its int8 layers' weights rounded onto TFLite's grid by `config.rounding`,
-    fitted on the calibration images (brought back to the model's NCHW, normalised convention)."""
-    from quantize.rounding import RoundingSettings, rounded_copy
-
+    fitted on the calibration images (brought back to the model's NCHW, normalised convention); with the
+    weights-only refinements, equalized first and some layers float16. Returns it and the fit's record."""
     if loaded.arch != "reference":  # batch norm is folded into the kernels later, which moves them off the grid
         raise ToolkitError(f"--int8-recipe with learned rounding needs the reference network, not {loaded.arch}")
     images = calibration.astype(np.float32)
@@ -76,9 +80,39 @@ def _rounded_model(loaded: LoadedModel, io: str, calibration: np.ndarray, config
             p.std, np.float32
         )
     nchw = np.ascontiguousarray(images.transpose(0, 3, 1, 2))
+    model, record = fitted_weights(loaded.model, nchw, config)
+    if config.float16_layers:
+        from quantize.rounding import quantized_layers
+        from quantize.tflite_weights import kernel_digest
+
+        layers = quantized_layers(model)
+        ohwi = [layers[name].weight.detach().permute(0, 2, 3, 1).numpy() for name in record["float16"]["layers"]]
+        record["float16_kernels"] = frozenset(map(kernel_digest, ohwi))  # CONV_2D kernels are OHWI in the flatbuffer
+    return model, record
+
+
+def fitted_weights(model, nchw: np.ndarray, config: TfliteInt8Config):
+    """`model` (the reference PyTorch network) with the weights `config` stores, fitted on `nchw`: rounded onto
+    the int8 grid by `config.rounding` (conv1 float under a float stem); with the weights-only refinements,
+    equalized first and some layers float16. Returns it and the fit's record for the sidecar."""
+    import copy
+
+    from quantize.rounding import RoundingSettings, rounded_copy
+
     skip = ("conv1.conv",) if config.float_stem else ()
-    model, _ = rounded_copy(loaded.model, nchw, RoundingSettings(method=config.rounding), skip)
-    return model
+    source, record = model, {}
+    if config.equalize:
+        from quantize.equalization import equalize_channels
+
+        source = copy.deepcopy(model).eval()
+        record["equalization"] = equalize_channels(source, nchw)
+    rounded, _ = rounded_copy(source, nchw, RoundingSettings(method=config.rounding), skip)
+    if config.float16_layers:
+        from quantize.mixed_precision import keep_float16
+
+        rounded = copy.deepcopy(rounded)  # the rounded copy is cached for the next caller
+        record["float16"] = keep_float16(source, rounded, nchw, skip)
+    return rounded, record
 
 
 def convert(
@@ -87,15 +121,20 @@ def convert(
     io: str,
     calibration: np.ndarray | None,
     int8: TfliteInt8Config | None = None,
+    fit: dict | None = None,
 ) -> bytes:
     """One TFLite flatbuffer of any mode (None = fp32). `calibration`: NHWC float images in the model
-    input's preprocessing, for int8."""
+    input's preprocessing, for int8; `fit` receives the sidecar's record of the int8 weight fit."""
     tf = require_tensorflow()
     if quantize == "int8" and (calibration is None or not len(calibration)):
         raise ToolkitError("int8 TFLite needs calibration images")
     check_io(io, quantize)
     int8 = int8 or default_int8()
-    function, module = _concrete_function(loaded, io, calibration if quantize == "int8" else None, int8)
+    decided: dict = {}
+    function, module = _concrete_function(loaded, io, calibration if quantize == "int8" else None, int8, decided)
+    float16_kernels = decided.pop("float16_kernels", frozenset())
+    if fit is not None:
+        fit.update(decided)
     converter = tf.lite.TFLiteConverter.from_concrete_functions([function], module)
     if quantize == "fp16":
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
@@ -103,7 +142,7 @@ def convert(
     elif quantize == "dynamic":
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
     if quantize == "int8":
-        return run_converter(lambda: quantize_int8(converter, calibration, io, int8))
+        return run_converter(lambda: quantize_int8(converter, calibration, io, int8, float16_kernels))
     return run_converter(converter.convert)
 
 
@@ -173,8 +212,11 @@ def _export_quantized(
     started = time.perf_counter()
     step(f"converting to TFLite {quantize}" + (f" ({io} I/O)" if io != "float32" else ""))
     staged = stage / tflite_name(onnx_path.stem, quantize)
-    staged.write_bytes(convert(loaded, quantize, io, arrays, int8))
+    fit: dict = {}
+    staged.write_bytes(convert(loaded, quantize, io, arrays, int8, fit))
     elapsed = time.perf_counter() - started
+    if extra and fit:
+        extra["quantization"]["fit"] = fit
     size = fp32.stat().st_size
     artifact = finish_artifact(staged, loaded, onnx_path, quantize, io, extra or {}, eval_set, fp32_logits, size)
     return artifact, elapsed

@@ -10,6 +10,7 @@ the format for GPU delegates, which compute in float anyway, and for devices whe
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Collection, Iterator
 from typing import Any
 
@@ -87,16 +88,28 @@ def packed_kernels(flatbuffer: bytes, kinds: Collection[str], pack, dequantize_v
     return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
 
 
-def int8_kernels(flatbuffer: bytes, keep_float: Collection[str] = ()) -> bytes:
+def kernel_digest(values: np.ndarray) -> bytes:
+    """A kernel's identity by value: the sha256 of its float32 bytes in TFLite's layout (OHWI, or [out, in])."""
+    return hashlib.sha256(np.ascontiguousarray(values, np.float32).tobytes()).digest()
+
+
+def int8_kernels(
+    flatbuffer: bytes, keep_float: Collection[str] = (), keep_kernels: Collection[bytes] = frozenset()
+) -> bytes:
     """Every constant float32 CONV_2D and FULLY_CONNECTED kernel stored as per-channel int8 behind a DEQUANTIZE,
-    except those of the ops writing a tensor named in `keep_float`. The lowered LRNs' band kernels are included:
-    each row holds one value and zeros, which the int8 grid stores exactly (float16 would round 2e-5)."""
+    except those of the ops writing a tensor named in `keep_float` and those whose `kernel_digest` is in
+    `keep_kernels` (each must be found). The lowered LRNs' band kernels are included: each row holds one value
+    and zeros, which the int8 grid stores exactly (float16 would round 2e-5)."""
     from ai_edge_litert import schema_py_generated as schema
 
     kept = set(keep_float)
+    found = set()
 
     def as_int8(written: str, kernel, values: np.ndarray):
         if written in kept:
+            return None
+        if keep_kernels and kernel_digest(values) in keep_kernels:
+            found.add(kernel_digest(values))
             return None
         ints, scale = per_channel_int8(values)
         quantization = schema.QuantizationParametersT()
@@ -109,4 +122,6 @@ def int8_kernels(flatbuffer: bytes, keep_float: Collection[str] = ()) -> bytes:
     packed = packed_kernels(flatbuffer, ("CONV_2D", "FULLY_CONNECTED"), as_int8, dequantize_version=4)
     if packed is None:
         raise ToolkitError("found no float convolution or classifier kernel to store as int8")
+    if len(found) != len(set(keep_kernels)):
+        raise ToolkitError(f"found {len(found)} of the {len(set(keep_kernels))} kernels to keep float in the graph")
     return packed

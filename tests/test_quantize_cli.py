@@ -402,6 +402,8 @@ def _setup_bad_input(kind: str, root: Path, photos: list[Path]) -> list[str]:
         return ["--target", "riscv"]
     if kind == "palette-with-a-budget":
         return ["--int8-recipe", "learned-palette", "--max-drop", "0.3"]
+    if kind == "tflite-only-recipe":
+        return ["--int8-recipe", "learned-mixed"]
     raise AssertionError(kind)
 
 
@@ -416,6 +418,7 @@ BAD_INPUT = {
     "npz-mixed-shapes": ("calib.npz",),
     "unknown-target": ("--target", "riscv"),
     "palette-with-a-budget": ("--max-drop/--min-agreement", "learned-palette's all are already"),
+    "tflite-only-recipe": ("learned-mixed is tflite-only", "onnx offers"),
 }
 
 

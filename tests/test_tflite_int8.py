@@ -215,3 +215,22 @@ def test_weights_only_keeps_the_float_stem_in_float16(tmp_path: Path) -> None:
     path.write_bytes(quantize(_converter(), CALIBRATION, "float32", TfliteInt8Config(weights_only=True)))
     ops = tflite_op_histogram(path)
     assert ops["DEQUANTIZE[FLOAT16->FLOAT32]"] == 1 and ops["DEQUANTIZE[INT8->FLOAT32]"] == 1, ops
+
+
+def test_weights_only_stores_the_kernels_it_is_given_in_float16(tmp_path: Path) -> None:
+    """`learned-mixed`'s float16 layers: a kernel named by its value (`kernel_digest`, TFLite's OHWI layout) is
+    stored float16, the other int8; a kernel the graph does not hold is refused, not silently left int8."""
+    from quantize.tflite_weights import kernel_digest
+
+    only = TfliteInt8Config(float_stem=False, bias_correction=False, weights_only=True)
+    keep = frozenset({kernel_digest(KERNEL_2.transpose(3, 0, 1, 2))})
+    path = tmp_path / "mixed.tflite"
+    path.write_bytes(quantize(_converter(), CALIBRATION, "float32", only, keep))
+    ops = tflite_op_histogram(path)
+    assert ops["DEQUANTIZE[FLOAT16->FLOAT32]"] == 1 and ops["DEQUANTIZE[INT8->FLOAT32]"] == 1, ops
+    stored = {k.shape[-1]: k for k in _kernels(path).values()}
+    np.testing.assert_array_equal(stored[16], KERNEL_2.astype(np.float16))
+    assert not np.array_equal(stored[8], KERNEL_1)  # int8: rounded onto its grid
+    np.testing.assert_allclose(stored[8], KERNEL_1, atol=np.abs(KERNEL_1).max() / 254 + 1e-7)
+    with pytest.raises(ToolkitError, match="found 0 of the 1 kernels"):
+        quantize(_converter(), CALIBRATION, "float32", only, frozenset({kernel_digest(KERNEL_1 + 1)}))
