@@ -169,7 +169,7 @@ def export_tflite(
     if quantize == "int8" and int8.rounding != "nearest" and loaded.arch != "reference":
         # the recipe still applies its other passes; the sidecar records the rounding actually used
         warn(f"{int8.rounding} rounding needs the reference network, not {loaded.arch}: round-to-nearest instead")
-        int8 = replace(int8, rounding="nearest")
+        int8 = replace(int8, rounding="nearest", equalize=False, float16_layers=False)  # both refine the fit
     result = TfliteExportResult()
     with staging_dir(out_dir) as stage:
         fp32, result.timings["fp32"] = export_tflite_fp32(
