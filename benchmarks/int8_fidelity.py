@@ -238,6 +238,7 @@ def main(argv: list[str] | None = None) -> int:
             args.out.with_suffix(".partial.json"),
         )
         write_json(args.out, report)
+        args.out.with_suffix(".partial.json").unlink(missing_ok=True)  # the checkpoint, now in the report
     except ToolkitError as exc:
         sys.stderr.write(f"error: {exc}\n")
         return EXIT_USAGE

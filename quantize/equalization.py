@@ -27,7 +27,7 @@ from torch import nn
 from export.errors import ToolkitError
 
 INCEPTION_BLOCKS = ("3a", "3b", "4a", "4b", "4c", "4d", "4e", "5a", "5b")
-FIT_STEPS = 300  # Adam steps on the log scales of one group (measured: the error proxy is flat by then)
+FIT_STEPS = 300  # Adam steps on the log scales of one group (the prototype's setting, not tuned)
 FIT_RATE = 0.05
 
 
@@ -141,7 +141,6 @@ def fit_scales(terms: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
 def equalize_channels(model: nn.Module, images: np.ndarray) -> dict:
     """Rescale `model`'s channel groups in place (the function unchanged) so that its consumers' int8 grids fit
     their weights; `images` (NCHW) give each channel's input energy. Returns the sidecar's record."""
-    torch.manual_seed(0)
     groups = scaling_groups(model)
     consumers = [layer for group in groups for layer in group.consumers]
     energies = dict(zip(map(id, consumers), channel_energy(model, images, consumers), strict=True))
