@@ -88,7 +88,6 @@ def test_equalization_lowers_the_int8_weights_error_of_the_real_network_on_unsee
 
     photos = FolderSource(imagenet_sample_dir, bvlc_loaded.preprocess, size=36, seed=3).arrays()
     fit, unseen = photos[:24], torch.from_numpy(photos[24:])
-    torch.set_num_threads(2)
     model = bvlc_loaded.model
     equalized = copy.deepcopy(model).eval()
     equalize_channels(equalized, fit)
@@ -156,7 +155,6 @@ def test_learned_mixed_tflite_holds_what_was_fitted_on_the_real_network(bvlc_loa
     from quantize.calibration import FolderSource
     from quantize.tflite_quant import convert, fitted_weights
 
-    torch.set_num_threads(2)
     photos = FolderSource(imagenet_sample_dir, bvlc_loaded.preprocess, size=40, seed=5).arrays()
     calibration, unseen = photos[:32], photos[32:]
     fit: dict = {}
